@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_OUT ?= demo_out
+
+.PHONY: install demo test test-slow test-all bench clean help
+
+help:
+	@echo "make install   build .venv (two-step pinned install; idempotent)"
+	@echo "make demo      install, then run the main job end to end on the embedded synthetic dataset"
+	@echo "make test      install if needed, then run the default (fast) test suite"
+	@echo "make test-slow run the tests marked slow"
+	@echo "make bench     run the benchmarks in benchmarks/"
+
+install:
+	@bash scripts/install.sh
+
+demo: install
+	$(PY) -m pipeline.demo --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest -m "not slow" tests
+
+test-slow: install
+	$(PY) -m pytest -m slow tests
+
+test-all: install
+	$(PY) -m pytest tests
+
+bench: install
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

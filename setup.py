@@ -1,0 +1,42 @@
+"""cxr-tfp: probabilistic integration of expert annotations in chest X-ray classification.
+
+Install with ``make install`` (see README: the TFX stack needs a two-step install on Python 3.11,
+so the exact pins live in ``requirements/`` and are shared with the Dockerfile).
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def _reqs(name: str):
+    lines = (HERE / "requirements" / name).read_text().splitlines()
+    return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+
+
+setup(
+    name="cxr-tfp",
+    version="0.1.0",
+    description="Chest X-ray multi-label classification with a TFP latent head that integrates "
+                "expert gaze and box annotations (van Sonsbeek et al., WACV 2023).",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["cxr_tfp", "cxr_tfp.*"]),
+    install_requires=_reqs("base.txt"),
+    extras_require={
+        # tfx & co. must be installed with --no-deps (scripts/install.sh step 2); listed for reference.
+        "tfx": _reqs("nodeps.txt"),
+        "kfp": _reqs("kfp.txt"),
+        "dev": _reqs("dev.txt"),
+    },
+    entry_points={
+        "console_scripts": [
+            "cxr-build=cxr_tfp.data.build:main",
+            "cxr-train=cxr_tfp.train:main",
+            "cxr-evaluate=cxr_tfp.evaluate:main",
+            "cxr-client=cxr_tfp.client:main",
+        ],
+    },
+)

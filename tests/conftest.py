@@ -1,0 +1,24 @@
+"""Shared fixtures. Real sample data lives in ../shared/data beside the checkout (tests only)."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("CXR_TFP_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Real NIH sample files and DICOMs (skips when the folder is absent)."""
+    path = _shared_data()
+    if not path.is_dir():
+        pytest.skip(f"real sample data not found at {path}")
+    return path
