@@ -41,6 +41,8 @@ EXAMPLES_INPUT = "examples"
 IMAGES_INPUT = "images"
 PROBABILITIES = "probabilities"        # float[B, L]: mean over latent samples
 UNCERTAINTY = "uncertainty"            # float[B, L]: std over latent samples
+PROBABILITIES_FULL = "probabilities_full"  # float[B, NUM_FINDINGS]: PROBABILITIES scattered to their
+                                           # FINDINGS columns, 0 elsewhere (lines up with LABELS for TFMA)
 LABELS_ASSET = "labels.txt"            # one finding per line, in model output order
 THRESHOLDS_ASSET = "thresholds.json"   # {finding: operating threshold}
 
