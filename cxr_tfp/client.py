@@ -1,0 +1,499 @@
+"""gRPC client for the served model (TensorFlow Serving ``PredictionService/Predict``).
+
+Command line::
+
+    python -m cxr_tfp.client --server HOST:8500 [--model cxr_tfp] [--signature predict_images] \
+        [--json] FILE...
+
+Files may be PNG, JPEG or DICOM. PNG/JPEG bytes are sent as they are; a DICOM is decoded with the
+project's own reader (:mod:`cxr_tfp.io`, the ingestion's modality/VOI LUT and MONOCHROME1 handling)
+into the same 8-bit grey image the ingestion stores, then sent as PNG. Inside the model the same
+:func:`cxr_tfp.preprocess.decode_image` as in training turns the bytes into model input.
+
+Programmatic use (the TFX demo)::
+
+    results = predict_files("127.0.0.1:8500", ["a.png", "b.dcm"])
+    print(format_table(results))
+    results = predict_files_local("/path/to/saved_model", ["a.png"])   # no server, same shape
+
+Each result is ``{"file", "model", "version", "signature", "findings": [{"finding", "probability",
+"uncertainty", "threshold", "above_threshold"}, ...]}``.
+
+Finding names and operating thresholds are not part of a Predict response (TF Serving's metadata
+API exposes signature shapes only), so they come, in order of preference, from string / float
+outputs ``LABEL_NAMES_OUTPUT`` / ``THRESHOLDS_OUTPUT`` when the export provides them, from a local
+copy of the SavedModel (``model_dir``: ``assets/labels.txt`` and ``assets/thresholds.json``), from
+explicit ``labels`` / ``thresholds`` arguments, and finally ``finding_<i>`` with threshold 0.5
+(flagged by ``threshold_source`` so nobody mistakes it for the model's operating point).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cxr_tfp import features
+
+DEFAULT_MODEL = "cxr_tfp"
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_RETRIES = 3
+DEFAULT_BATCH = 16
+FALLBACK_THRESHOLD = 0.5
+# Optional extra outputs the export may add (per-row copies, so server-side batching can split them).
+LABEL_NAMES_OUTPUT = "label_names"
+THRESHOLDS_OUTPUT = "thresholds"
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class ServingError(RuntimeError):
+    """A request failed; ``str(err)`` is a message meant for the user. ``code`` is the gRPC code name."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN"):
+        super().__init__(message)
+        self.code = code
+
+
+class InputFileError(ValueError):
+    """A file given to the client cannot be sent (missing, not an image, unreadable DICOM)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Files -> encoded image bytes
+# --------------------------------------------------------------------------------------------------
+def file_kind(path: str, head: Optional[bytes] = None) -> str:
+    """``"png"``, ``"jpeg"`` or ``"dicom"`` from the file's magic bytes (not its extension)."""
+    if head is None:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    if head.startswith(_PNG_MAGIC):
+        return "png"
+    if head.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if str(path).lower().endswith((".dcm", ".dicom")):
+        return "dicom"  # DICOM without the Part-10 preamble: let the reader decide
+    raise InputFileError(f"{path}: not a PNG, JPEG or DICOM file (unrecognised content)")
+
+
+def dicom_to_uint8(path: str) -> np.ndarray:
+    """Decode a DICOM to the 8-bit grey image the ingestion stores (the project's reader)."""
+    from cxr_tfp.io import dicom as dicom_io  # the data engineer's reader: one decoder only
+
+    return dicom_io.read_dicom_uint8(path)
+
+
+def encode_file(path: str) -> Tuple[bytes, str]:
+    """``(encoded PNG/JPEG bytes, kind)`` for one input file; raises :class:`InputFileError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"{path}: no such file")
+    data = p.read_bytes()
+    if not data:
+        raise InputFileError(f"{path}: empty file")
+    kind = file_kind(path, data[:132])
+    if kind in ("png", "jpeg"):
+        return data, kind
+    try:
+        grey = dicom_to_uint8(path)
+    except ImportError:
+        raise
+    except Exception as e:
+        raise InputFileError(f"{path}: cannot decode DICOM pixel data: {e}") from e
+    return features.encode_png(grey), kind
+
+
+def image_example(encoded: bytes) -> bytes:
+    """A serialized tf.Example carrying ``encoded`` for the ``serving_default`` signature.
+
+    Labels are unknown at inference time: ``labels``/``label_mask`` are zeros (mask 0 = unknown).
+    """
+    import tensorflow as tf
+
+    side = int(tf.io.extract_jpeg_shape(encoded)[0]) if encoded.startswith(_JPEG_MAGIC) else \
+        int.from_bytes(encoded[16:20], "big")  # PNG IHDR height
+    zeros = [0.0] * features.NUM_FINDINGS
+    feats = {
+        features.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+        features.IMAGE_SIZE: tf.train.Feature(int64_list=tf.train.Int64List(value=[side])),
+        features.LABELS: tf.train.Feature(float_list=tf.train.FloatList(value=zeros)),
+        features.LABEL_MASK: tf.train.Feature(float_list=tf.train.FloatList(value=zeros)),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+def _encode_all(files: Sequence[str]) -> List[bytes]:
+    return [encode_file(f)[0] for f in files]
+
+
+# --------------------------------------------------------------------------------------------------
+# Label names and thresholds
+# --------------------------------------------------------------------------------------------------
+def read_model_assets(saved_model_dir: str) -> Tuple[Optional[List[str]], Optional[Dict[str, float]]]:
+    """``(labels, thresholds)`` from ``assets/`` of a local SavedModel (None where absent)."""
+    assets = Path(saved_model_dir) / "assets"
+    labels = thresholds = None
+    lp = assets / features.LABELS_ASSET
+    if lp.is_file():
+        labels = [ln.strip() for ln in lp.read_text().splitlines() if ln.strip()]
+    tp = assets / features.THRESHOLDS_ASSET
+    if tp.is_file():
+        thresholds = {str(k): float(v) for k, v in json.loads(tp.read_text()).items()}
+    return labels, thresholds
+
+
+def _resolve_saved_model_dir(path: str) -> str:
+    """A SavedModel folder, or the latest numeric version under a TF Serving base path."""
+    from cxr_tfp.serving_standin import find_versions
+
+    versions = find_versions(path)
+    if not versions:
+        raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {path!r} or its version folders")
+    return versions[max(versions)]
+
+
+def _to_str_list(arr: np.ndarray) -> List[str]:
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(arr).reshape(-1)]
+
+
+def _name_findings(outputs: Mapping[str, np.ndarray], n: int, labels: Optional[Sequence[str]],
+                   thresholds: Optional[Mapping[str, float]]) -> Tuple[List[str], List[float], str]:
+    """(names, thresholds, source) for ``n`` outputs, following the preference order in the docstring."""
+    if LABEL_NAMES_OUTPUT in outputs:  # [B, L] (a copy per row) or [L]
+        arr = np.asarray(outputs[LABEL_NAMES_OUTPUT])
+        labels = _to_str_list(arr[0] if arr.ndim == 2 else arr)
+    if THRESHOLDS_OUTPUT in outputs:
+        t = np.asarray(outputs[THRESHOLDS_OUTPUT], np.float64)
+        t = t[0] if t.ndim == 2 else t
+        if labels is not None and len(labels) == n and t.shape == (n,):
+            return list(labels), [float(x) for x in t], "model"
+    if labels is not None and len(labels) != n:
+        raise ServingError(f"the model returns {n} findings but {len(labels)} label names were "
+                           f"given: wrong labels file for this model?", "FAILED_PRECONDITION")
+    if labels is None:
+        names = [f"finding_{i}" for i in range(n)]
+        return names, [FALLBACK_THRESHOLD] * n, "default"
+    if thresholds is None:
+        return list(labels), [FALLBACK_THRESHOLD] * n, "default"
+    missing = [name for name in labels if name not in thresholds]
+    if missing:
+        raise ServingError(f"no operating threshold for {missing}", "FAILED_PRECONDITION")
+    return list(labels), [float(thresholds[name]) for name in labels], "model"
+
+
+def build_results(files: Sequence[str], outputs: Mapping[str, np.ndarray], model: str,
+                  version: Optional[int], signature: str,
+                  labels: Optional[Sequence[str]] = None,
+                  thresholds: Optional[Mapping[str, float]] = None) -> List[dict]:
+    """Turn Predict outputs (``PROBABILITIES``/``UNCERTAINTY`` [B, L]) into per-file result dicts."""
+    if features.PROBABILITIES not in outputs:
+        raise ServingError(f"the response has no {features.PROBABILITIES!r} output (got "
+                           f"{sorted(outputs)}): is this the cxr_tfp model?", "FAILED_PRECONDITION")
+    prob = np.asarray(outputs[features.PROBABILITIES], np.float64)
+    unc = np.asarray(outputs.get(features.UNCERTAINTY, np.full_like(prob, np.nan)), np.float64)
+    if prob.ndim != 2 or prob.shape[0] != len(files) or unc.shape != prob.shape:
+        raise ServingError(f"unexpected output shapes: probabilities {prob.shape}, uncertainty "
+                           f"{unc.shape} for {len(files)} files", "INTERNAL")
+    names, thr, source = _name_findings(outputs, prob.shape[1], labels, thresholds)
+    results = []
+    for i, f in enumerate(files):
+        results.append({
+            "file": str(f), "model": model, "version": version, "signature": signature,
+            "threshold_source": source,
+            "findings": [{"finding": names[j], "probability": float(prob[i, j]),
+                          "uncertainty": float(unc[i, j]), "threshold": thr[j],
+                          "above_threshold": bool(prob[i, j] >= thr[j])}
+                         for j in range(prob.shape[1])],
+        })
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# gRPC
+# --------------------------------------------------------------------------------------------------
+def _make_request(encoded: Sequence[bytes], model: str, signature: str,
+                  version: Optional[int] = None, version_label: Optional[str] = None):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model
+    req.model_spec.signature_name = signature
+    if version is not None:
+        req.model_spec.version.value = int(version)
+    elif version_label:
+        req.model_spec.version_label = version_label
+    if signature == features.IMAGE_SIGNATURE:
+        key, values = features.IMAGES_INPUT, list(encoded)
+    else:  # the tf.Example signature (serving_default)
+        key, values = features.EXAMPLES_INPUT, [image_example(b) for b in encoded]
+    req.inputs[key].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string, shape=[len(values)]))
+    return req
+
+
+def _explain(err, server: str, model: str, signature: str, timeout_s: float, attempts: int,
+             stub=None) -> ServingError:
+    """Turn a ``grpc.RpcError`` into a message that says what to do."""
+    import grpc
+
+    code = err.code()
+    detail = err.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        msg = (f"cannot reach TF Serving at {server} (UNAVAILABLE after {attempts} attempt(s)): "
+               f"is the server running and is {server} its gRPC port (8500; 8501 is REST)? "
+               f"[{detail}]")
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        msg = (f"no answer from {server} within {timeout_s:g} s (DEADLINE_EXCEEDED): the server is "
+               f"overloaded or still loading the model; raise --timeout")
+    elif code == grpc.StatusCode.NOT_FOUND:
+        msg = (f"model {model!r} is not served at {server} (NOT_FOUND): check --model against the "
+               f"name in models.config. Server said: {detail}")
+    elif code == grpc.StatusCode.FAILED_PRECONDITION and "signature" in detail.lower():
+        avail = _available_signatures(stub, model, timeout_s) if stub is not None else None
+        msg = (f"model {model!r} has no signature {signature!r}"
+               + (f"; available: {avail}" if avail else "") + f". Server said: {detail}")
+    elif code == grpc.StatusCode.INVALID_ARGUMENT:
+        msg = f"the server rejected the request (INVALID_ARGUMENT): {detail}"
+    else:
+        msg = f"Predict failed at {server} ({code.name}): {detail}"
+    return ServingError(msg, code.name)
+
+
+def _available_signatures(stub, model: str, timeout_s: float) -> Optional[List[str]]:
+    try:
+        return sorted(get_signature_defs(stub, model, timeout_s))
+    except Exception:  # best effort: only used to improve an error message
+        return None
+
+
+def get_signature_defs(stub, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Dict[str, object]:
+    """``{name: SignatureDef}`` of the served model via ``GetModelMetadata``."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    req = get_model_metadata_pb2.GetModelMetadataRequest()
+    req.model_spec.name = model
+    req.metadata_field.append("signature_def")
+    resp = stub.GetModelMetadata(req, timeout=timeout_s)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    resp.metadata["signature_def"].Unpack(sig_map)
+    return dict(sig_map.signature_def)
+
+
+def _call_with_retries(fn, request, timeout_s: float, retries: int, backoff_s: float):
+    """Call ``fn(request)``; retry only UNAVAILABLE (server starting/restarting), exponential backoff."""
+    import grpc
+
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn(request, timeout=timeout_s), attempt
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or attempt > retries:
+                e.attempts = attempt
+                raise
+            time.sleep(backoff_s * (2 ** (attempt - 1)))
+
+
+def make_channel(server: str):
+    """An insecure gRPC channel with message limits large enough for full-size radiographs."""
+    import grpc
+
+    return grpc.insecure_channel(server, options=[
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+
+
+class PredictClient:
+    """A reusable connection: ``predict_encoded(list_of_bytes)`` -> raw outputs (numpy)."""
+
+    def __init__(self, server: str, model: str = DEFAULT_MODEL,
+                 signature: str = features.IMAGE_SIGNATURE, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 retries: int = DEFAULT_RETRIES, backoff_s: float = 0.25,
+                 version: Optional[int] = None, version_label: Optional[str] = None):
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.server, self.model, self.signature = server, model, signature
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.version, self.version_label = version, version_label
+        self.channel = make_channel(server)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.last_version: Optional[int] = None
+
+    def predict_encoded(self, encoded: Sequence[bytes]) -> Dict[str, np.ndarray]:
+        """One Predict call for a batch of encoded images; raises :class:`ServingError`."""
+        import grpc
+        import tensorflow as tf
+
+        if not encoded:
+            raise ServingError("nothing to predict: empty batch", "INVALID_ARGUMENT")
+        req = _make_request(encoded, self.model, self.signature, self.version, self.version_label)
+        try:
+            resp, _ = _call_with_retries(self.stub.Predict, req, self.timeout_s, self.retries,
+                                         self.backoff_s)
+        except grpc.RpcError as e:
+            raise _explain(e, self.server, self.model, self.signature, self.timeout_s,
+                           getattr(e, "attempts", 1), self.stub) from None
+        self.last_version = resp.model_spec.version.value if resp.model_spec.HasField("version") \
+            else None
+        return {k: tf.make_ndarray(v) for k, v in resp.outputs.items()}
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "PredictClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def predict_files(server: str, files: List[str], model: str = DEFAULT_MODEL,
+                  signature: str = features.IMAGE_SIGNATURE, timeout_s: float = DEFAULT_TIMEOUT_S,
+                  *, retries: int = DEFAULT_RETRIES, batch_size: int = DEFAULT_BATCH,
+                  model_dir: Optional[str] = None, labels: Optional[Sequence[str]] = None,
+                  thresholds: Optional[Mapping[str, float]] = None,
+                  version: Optional[int] = None, version_label: Optional[str] = None) -> List[dict]:
+    """Predict every file through TF Serving's gRPC ``Predict``; one result dict per file, in order.
+
+    ``model_dir`` (a local copy of the served SavedModel, or its base path) supplies finding names and
+    operating thresholds when the model's outputs do not; ``labels``/``thresholds`` override both.
+    Raises :class:`InputFileError` for a bad file (before anything is sent) and
+    :class:`ServingError` for a failed call.
+    """
+    if not files:
+        raise ServingError("no files given", "INVALID_ARGUMENT")
+    labels, thresholds = _assets_for(model_dir, labels, thresholds)
+    encoded = _encode_all(files)
+    results: List[dict] = []
+    with PredictClient(server, model, signature, timeout_s, retries, version=version,
+                       version_label=version_label) as client:
+        for i in range(0, len(files), batch_size):
+            out = client.predict_encoded(encoded[i:i + batch_size])
+            results += build_results(files[i:i + batch_size], out, model, client.last_version,
+                                     signature, labels, thresholds)
+    return results
+
+
+def _assets_for(model_dir, labels, thresholds):
+    if model_dir is not None:
+        a_labels, a_thr = read_model_assets(_resolve_saved_model_dir(model_dir))
+        labels = labels if labels is not None else a_labels
+        thresholds = thresholds if thresholds is not None else a_thr
+    return labels, thresholds
+
+
+def predict_files_local(saved_model_dir: str, files: List[str],
+                        signature: str = features.IMAGE_SIGNATURE,
+                        batch_size: int = DEFAULT_BATCH, loaded=None) -> List[dict]:
+    """In-process fallback with the result shape of :func:`predict_files` (no server involved).
+
+    Calls the SavedModel's signature exactly as TF Serving would (same inputs, same outputs).
+    ``saved_model_dir`` may be a SavedModel or a TF Serving base path (latest version).
+    """
+    import tensorflow as tf
+
+    path = _resolve_saved_model_dir(saved_model_dir)
+    labels, thresholds = read_model_assets(path)
+    loaded = loaded if loaded is not None else tf.saved_model.load(path)
+    if signature not in loaded.signatures:
+        raise ServingError(f"SavedModel {path} has no signature {signature!r}; available: "
+                           f"{sorted(loaded.signatures)}", "FAILED_PRECONDITION")
+    fn = loaded.signatures[signature]
+    encoded = _encode_all(files)
+    version = int(Path(path).name) if Path(path).name.isdigit() else None
+    results: List[dict] = []
+    for i in range(0, len(files), batch_size):
+        chunk = encoded[i:i + batch_size]
+        if signature == features.IMAGE_SIGNATURE:
+            out = fn(**{features.IMAGES_INPUT: tf.constant(chunk)})
+        else:
+            out = fn(**{features.EXAMPLES_INPUT: tf.constant([image_example(b) for b in chunk])})
+        results += build_results(files[i:i + batch_size], {k: v.numpy() for k, v in out.items()},
+                                 Path(path).parent.name if version is not None else Path(path).name,
+                                 version, signature, labels, thresholds)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------
+def format_table(results: Sequence[dict]) -> str:
+    """A plain-text table per file: finding, probability, uncertainty, threshold, above/below."""
+    lines: List[str] = []
+    for r in results:
+        head = f"{r['file']}  (model {r['model']}"
+        head += f" v{r['version']}" if r.get("version") is not None else ""
+        head += f", signature {r['signature']})"
+        lines.append(head)
+        width = max([len("finding")] + [len(f["finding"]) for f in r["findings"]])
+        lines.append(f"  {'finding':<{width}}  {'prob':>6}  {'± unc':>6}  {'thresh':>6}  call")
+        lines.append("  " + "-" * (width + 34))
+        for f in sorted(r["findings"], key=lambda f: -f["probability"]):
+            call = "ABOVE" if f["above_threshold"] else "below"
+            lines.append(f"  {f['finding']:<{width}}  {f['probability']:6.3f}  "
+                         f"{f['uncertainty']:6.3f}  {f['threshold']:6.3f}  {call}")
+        if r.get("threshold_source") == "default":
+            lines.append(f"  (no operating thresholds known: {FALLBACK_THRESHOLD} used; pass "
+                         f"--model-dir or --thresholds)")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point; exit codes: 0 ok, 2 bad input file, 3 server/model error."""
+    p = argparse.ArgumentParser(prog="python -m cxr_tfp.client",
+                                description="Classify chest X-rays (PNG/JPEG/DICOM) via TF Serving.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC endpoint")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name in models.config")
+    p.add_argument("--signature", default=features.IMAGE_SIGNATURE,
+                   choices=[features.IMAGE_SIGNATURE, features.SERVING_SIGNATURE])
+    p.add_argument("--version", type=int, default=None, help="a specific model version")
+    p.add_argument("--version-label", default=None, help="e.g. stable or canary")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="deadline per call (s)")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries on UNAVAILABLE")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--model-dir", default=None,
+                   help="local copy of the SavedModel (or base path): finding names + thresholds")
+    p.add_argument("--labels", default=None, help="labels.txt: one finding per line")
+    p.add_argument("--thresholds", default=None, help="thresholds.json: {finding: threshold}")
+    p.add_argument("--local", default=None, metavar="SAVED_MODEL",
+                   help="run the SavedModel in process instead of calling a server")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    a = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    labels = None
+    if a.labels:
+        labels = [ln.strip() for ln in Path(a.labels).read_text().splitlines() if ln.strip()]
+    thresholds = json.loads(Path(a.thresholds).read_text()) if a.thresholds else None
+    try:
+        if a.local:
+            results = predict_files_local(a.local, a.files, a.signature, a.batch_size)
+        else:
+            results = predict_files(a.server, a.files, a.model, a.signature, a.timeout,
+                                    retries=a.retries, batch_size=a.batch_size,
+                                    model_dir=a.model_dir, labels=labels, thresholds=thresholds,
+                                    version=a.version, version_label=a.version_label)
+    except InputFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ServingError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    print(json.dumps(results, indent=2) if a.json else format_table(results), end="" if not a.json
+          else "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

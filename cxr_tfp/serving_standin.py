@@ -1,0 +1,355 @@
+"""DEVELOPMENT STAND-IN for TensorFlow Serving: a gRPC ``PredictionService`` over a SavedModel.
+
+This is NOT production serving. Production runs the official ``tensorflow/serving`` image (see
+``serving/``). No ``tensorflow_model_server`` binary can be installed in this development
+environment, so this module answers the same RPCs with the same protos
+(``tensorflow_serving.apis``) so that the real client, tests and the demo can do genuine gRPC round
+trips. It mimics the parts of TF Serving the project relies on:
+
+- model discovery under a base path: numeric version sub-folders, the highest one served
+  ("latest" version policy), or a SavedModel folder given directly (served as version 1);
+- ``model_spec``: model name (``NOT_FOUND`` when wrong), version / version label
+  (``version_labels`` mapping), signature name (``FAILED_PRECONDITION`` when absent, as TF Serving);
+- input validation: input names, dtype and shape against the signature, and empty batches, each a
+  clear ``INVALID_ARGUMENT``; a model error on bad bytes (not an image) is ``INVALID_ARGUMENT`` too,
+  and the server goes on serving;
+- ``output_filter``; ``GetModelMetadata`` with ``signature_def`` (the SignatureDefMap from
+  ``saved_model.pb``);
+- SavedModel warm-up: ``assets.extra/tf_serving_warmup_requests`` is replayed at load; a failing
+  warm-up request fails the load, as in TF Serving.
+
+Not mimicked: server-side batching, Classify/Regress/MultiInference (UNIMPLEMENTED), model
+reloading when a new version appears, the REST API.
+
+Run one by hand (e.g. for ``python -m cxr_tfp.client``)::
+
+    python -m cxr_tfp.serving_standin --model_base_path /path/to/serving_model/cxr_tfp \
+        --model_name cxr_tfp --port 8500
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+
+import grpc
+import numpy as np
+
+from cxr_tfp import features
+
+log = logging.getLogger(__name__)
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+DEFAULT_SIGNATURE = "serving_default"
+# gRPC's 4 MiB default is too small for a batch of full-size radiographs; TF Serving accepts far more.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+class RpcError(Exception):
+    """An error to return to the caller with a gRPC status code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def find_versions(model_base_path: str) -> Dict[int, str]:
+    """``{version: dir}`` for the SavedModels under a TF Serving base path.
+
+    A folder that holds ``saved_model.pb`` itself counts as version 1 (handy for a bare export).
+    """
+    base = Path(model_base_path)
+    if (base / "saved_model.pb").is_file():
+        return {1: str(base)}
+    versions = {}
+    if base.is_dir():
+        for child in base.iterdir():
+            if child.name.isdigit() and (child / "saved_model.pb").is_file():
+                versions[int(child.name)] = str(child)
+    return versions
+
+
+def tf_error_message(err: Exception) -> str:
+    """The useful line(s) of a TensorFlow runtime error, without the graph stack trace."""
+    text = getattr(err, "message", None) or str(err)
+    keep = []
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or line[:1] in (" ", "\t"):
+            continue  # indented lines are the "defined at" Python stack
+        if s.startswith(("Graph execution error", "Detected at node", "[[", "Detected unsupported")):
+            continue
+        keep.append(s)
+    msg = " ".join(keep) or text.strip()
+    msg = re.sub(r"\s*\[\[\{\{node [^]]*\]\]", "", msg)
+    msg = re.sub(r"\s*\[Op:[^\]]*\]", "", msg)
+    msg = msg.replace("<stack traces unavailable>", "")
+    return msg.strip()
+
+
+class ServedModel:
+    """One loaded SavedModel version: its signature functions and SignatureDef protos."""
+
+    def __init__(self, name: str, version: int, path: str, warmup: bool = True):
+        import tensorflow as tf
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        self.name, self.version, self.path = name, version, path
+        self._loaded = tf.saved_model.load(path)
+        self.signatures = dict(self._loaded.signatures)
+        sm = saved_model_pb2.SavedModel()
+        sm.ParseFromString(Path(path, "saved_model.pb").read_bytes())
+        self.signature_defs = {k: v for k, v in sm.meta_graphs[0].signature_def.items()
+                               if k != "__saved_model_init_op"}
+        self.warmup_count = self._warmup() if warmup else 0
+
+    def _warmup(self) -> int:
+        """Replay the warm-up PredictionLogs, as TF Serving does at load; any failure fails the load."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        path = os.path.join(self.path, WARMUP_FILE)
+        if not os.path.isfile(path):
+            return 0
+        n = 0
+        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            entry = prediction_log_pb2.PredictionLog.FromString(raw)
+            if not entry.HasField("predict_log"):
+                raise RpcError(grpc.StatusCode.UNIMPLEMENTED,
+                               f"{path}: only predict_log warm-up records are supported")
+            req = entry.predict_log.request
+            try:
+                self.predict(req.model_spec.signature_name or DEFAULT_SIGNATURE, req.inputs,
+                             req.output_filter)
+            except RpcError as e:
+                raise RpcError(e.code, f"warm-up request {n} in {path} failed: {e.message}") from e
+            n += 1
+        return n
+
+    def predict(self, signature_name: str, inputs: Mapping[str, object],
+                output_filter: Iterable[str] = ()) -> Dict[str, np.ndarray]:
+        """Validate ``inputs`` (name -> TensorProto) against the signature, run it, return numpy outputs."""
+        import tensorflow as tf
+
+        fn = self.signatures.get(signature_name)
+        if fn is None:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f'Serving signature key "{signature_name}" not found. '
+                           f"Available: {sorted(self.signatures)}")
+        spec = fn.structured_input_signature[1]
+        sent, wanted = set(inputs), set(spec)
+        if sent != wanted:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input size does not match signature {signature_name!r}: "
+                           f"{len(sent)}!={len(wanted)} Sent extra: {sorted(sent - wanted)} "
+                           f"Missing but required: {sorted(wanted - sent)}")
+        args = {}
+        for key, tspec in spec.items():
+            proto = inputs[key]
+            if proto.dtype != tspec.dtype.as_datatype_enum:
+                got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "invalid"
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key!r} of signature {signature_name!r}: expects dtype "
+                               f"{tspec.dtype.name} but {got} was provided")
+            try:
+                value = tf.make_ndarray(proto)
+            except Exception as e:  # malformed TensorProto (content does not match shape)
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key!r}: malformed tensor: {e}") from e
+            if not tspec.shape.is_compatible_with(value.shape):
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key!r} of signature {signature_name!r}: expects shape "
+                               f"{tspec.shape.as_list()} but {list(value.shape)} was provided")
+            if value.ndim and value.shape[0] == 0:
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key!r} of signature {signature_name!r}: empty batch "
+                               f"(0 elements); send at least one")
+            args[key] = tf.constant(value, dtype=tspec.dtype)
+        wanted_out = list(output_filter)
+        unknown = [k for k in wanted_out if k not in fn.structured_outputs]
+        if unknown:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"output_filter names {unknown} not in signature {signature_name!r} "
+                           f"outputs {sorted(fn.structured_outputs)}")
+        try:
+            out = fn(**args)
+        except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"signature {signature_name!r}: {tf_error_message(e)}") from e
+        except tf.errors.OpError as e:
+            raise RpcError(grpc.StatusCode.INTERNAL,
+                           f"signature {signature_name!r}: {tf_error_message(e)}") from e
+        keys = wanted_out or list(out)
+        return {k: out[k].numpy() for k in keys}
+
+
+class PredictionServicer:
+    """``tensorflow.serving.PredictionService`` over :class:`ServedModel` s (development stand-in)."""
+
+    def __init__(self, models: Mapping[str, Mapping[int, ServedModel]],
+                 version_labels: Optional[Mapping[str, Mapping[str, int]]] = None):
+        self.models = models
+        self.version_labels = version_labels or {}
+        self.requests_served = 0
+        self._lock = threading.Lock()
+
+    def _resolve(self, spec) -> ServedModel:
+        versions = self.models.get(spec.name)
+        if not versions:
+            raise RpcError(grpc.StatusCode.NOT_FOUND,
+                           f"Servable not found for request: Latest({spec.name}); "
+                           f"served models: {sorted(self.models)}")
+        if spec.HasField("version"):
+            v = spec.version.value
+            if v not in versions:
+                raise RpcError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Specific({spec.name}, {v})")
+            return versions[v]
+        if spec.version_label:
+            v = self.version_labels.get(spec.name, {}).get(spec.version_label)
+            if v is None or v not in versions:
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Unrecognized servable version label: {spec.version_label}")
+            return versions[v]
+        return versions[max(versions)]
+
+    @staticmethod
+    def _abort(context, err: RpcError):
+        context.abort(err.code, err.message)
+
+    def Predict(self, request, context):  # noqa: N802 (gRPC method name)
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        try:
+            served = self._resolve(request.model_spec)
+            sig = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            outputs = served.predict(sig, request.inputs, request.output_filter)
+        except RpcError as e:
+            log.info("Predict rejected (%s): %s", e.code.name, e.message)
+            self._abort(context, e)
+        resp = predict_pb2.PredictResponse()
+        resp.model_spec.name = served.name
+        resp.model_spec.version.value = served.version
+        resp.model_spec.signature_name = sig
+        for k, v in outputs.items():
+            resp.outputs[k].CopyFrom(tf.make_tensor_proto(v))
+        with self._lock:
+            self.requests_served += 1
+        return resp
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        try:
+            served = self._resolve(request.model_spec)
+            fields = list(request.metadata_field)
+            if fields != ["signature_def"]:
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Metadata field(s) {fields} not supported; use ['signature_def']")
+        except RpcError as e:
+            self._abort(context, e)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        for k, v in served.signature_defs.items():
+            sig_map.signature_def[k].CopyFrom(v)
+        resp = get_model_metadata_pb2.GetModelMetadataResponse()
+        resp.model_spec.name = served.name
+        resp.model_spec.version.value = served.version
+        resp.metadata["signature_def"].Pack(sig_map)
+        return resp
+
+    def Classify(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "stand-in serves Predict only")
+
+    def Regress(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "stand-in serves Predict only")
+
+    def MultiInference(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "stand-in serves Predict only")
+
+
+class StandinServer:
+    """A running stand-in: ``address`` ("127.0.0.1:PORT"), ``servicer``, ``stop()``; a context manager."""
+
+    def __init__(self, server: grpc.Server, address: str, servicer: PredictionServicer):
+        self._server, self.address, self.servicer = server, address, servicer
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop accepting requests and wait for in-flight ones (up to ``grace`` seconds)."""
+        self._server.stop(grace).wait()
+
+    def __enter__(self) -> "StandinServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_server(model_base_path: str, model_name: str = "cxr_tfp", port: Optional[int] = None,
+                 host: str = "127.0.0.1", version_labels: Optional[Mapping[str, int]] = None,
+                 warmup: bool = True, max_workers: int = 4) -> StandinServer:
+    """Load the model(s) under ``model_base_path`` and serve them over gRPC on ``host:port``.
+
+    ``port=None`` picks a free port. Only the latest version is loaded, unless ``version_labels``
+    names others (``{"stable": 1, "canary": 2}``), which are loaded too.
+    """
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    found = find_versions(model_base_path)
+    if not found:
+        raise FileNotFoundError(f"no SavedModel (saved_model.pb) under {model_base_path!r} or in "
+                                f"its numeric version folders")
+    wanted = {max(found)} | set((version_labels or {}).values())
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise FileNotFoundError(f"version label(s) point at version(s) {missing} not found under "
+                                f"{model_base_path!r} (present: {sorted(found)})")
+    loaded = {v: ServedModel(model_name, v, found[v], warmup=warmup) for v in sorted(wanted)}
+    servicer = PredictionServicer({model_name: loaded}, {model_name: dict(version_labels or {})})
+    if port is None:
+        import portpicker
+
+        port = portpicker.pick_unused_port()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+    address = f"{host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot bind the stand-in server to {address}")
+    server.start()
+    log.info("stand-in PredictionService for %r versions %s on %s", model_name, sorted(loaded),
+             address)
+    return StandinServer(server, address, servicer)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """CLI: serve a model base path until interrupted (flags named as tensorflow_model_server's)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model_base_path", required=True)
+    p.add_argument("--model_name", default="cxr_tfp")
+    p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--no_warmup", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    srv = start_server(a.model_base_path, a.model_name, a.port, a.host, warmup=not a.no_warmup)
+    print(f"DEVELOPMENT STAND-IN for TF Serving: model {a.model_name!r} on {srv.address} "
+          f"(Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""gRPC round trips of the real client (cxr_tfp.client) against a PredictionService server.
+
+Every test runs against the development stand-in (cxr_tfp.serving_standin, standing in for TF
+Serving) and again against a real tensorflow_model_server when one is available (see conftest).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from cxr_tfp import client, features
+from tests.serving import tiny_model
+from tests.serving.conftest import MODEL_NAME, image_request
+
+
+def _by_name(result):
+    return {f["finding"]: f for f in result["findings"]}
+
+
+@pytest.mark.parametrize("signature", [features.IMAGE_SIGNATURE, features.SERVING_SIGNATURE])
+def test_predict_files_values_thresholds_and_local_agree(grpc_server, images, tiny_base, signature):
+    _, address = grpc_server
+    files = [images["black"], images["white"], images["white_jpeg"]]
+    remote = client.predict_files(address, files, signature=signature, model_dir=tiny_base)
+    local = client.predict_files_local(tiny_base, files, signature=signature)
+    assert [r["file"] for r in remote] == files
+    for r, grey in zip(remote, (0.0, 1.0, 1.0)):
+        assert r["version"] == 1 and r["signature"] == signature and r["model"] == MODEL_NAME
+        assert r["threshold_source"] == "model"
+        p, u = tiny_model.expected(grey)
+        got = _by_name(r)
+        assert list(got) == list(tiny_model.LABELS)
+        for j, name in enumerate(tiny_model.LABELS):
+            assert got[name]["probability"] == pytest.approx(p[j], abs=2e-3)
+            assert got[name]["uncertainty"] == pytest.approx(u[j], abs=2e-3)
+            assert got[name]["threshold"] == tiny_model.THRESHOLDS[name]
+            assert got[name]["above_threshold"] == (p[j] >= tiny_model.THRESHOLDS[name])
+    # white: Atelectasis sigmoid(2)=0.88 > 0.5 above; Cardiomegaly sigmoid(-2)=0.12 < 0.6 below
+    assert _by_name(remote[1])["Atelectasis"]["above_threshold"] is True
+    assert _by_name(remote[1])["Cardiomegaly"]["above_threshold"] is False
+    for r, l in zip(remote, local):
+        np.testing.assert_allclose([f["probability"] for f in r["findings"]],
+                                   [f["probability"] for f in l["findings"]], atol=1e-6)
+
+
+def test_batches_split_across_calls_keep_order(grpc_server, images):
+    _, address = grpc_server
+    files = [images["white"], images["black"], images["mid"], images["white"], images["black"]]
+    res = client.predict_files(address, files, batch_size=2,
+                               labels=list(tiny_model.LABELS), thresholds=tiny_model.THRESHOLDS)
+    atel = [_by_name(r)["Atelectasis"]["probability"] for r in res]
+    assert atel[0] == pytest.approx(atel[3]) and atel[1] == pytest.approx(atel[4])
+    assert atel[1] < atel[2] < atel[0]
+
+
+def test_without_assets_names_are_generic_and_flagged(grpc_server, images):
+    _, address = grpc_server
+    (res,) = client.predict_files(address, [images["white"]])
+    assert [f["finding"] for f in res["findings"]] == ["finding_0", "finding_1", "finding_2"]
+    assert res["threshold_source"] == "default"
+    assert "no operating thresholds known" in client.format_table([res])
+
+
+def test_wrong_labels_file_length_is_reported(grpc_server, images):
+    _, address = grpc_server
+    with pytest.raises(client.ServingError, match="3 findings but 2 label names"):
+        client.predict_files(address, [images["white"]], labels=["a", "b"])
+
+
+def test_dicom_round_trip_uses_project_reader(grpc_server, shared_data, tiny_base):
+    pytest.importorskip("cxr_tfp.io.dicom")
+    _, address = grpc_server
+    dcm = sorted((shared_data / "dicom").glob("*.dcm"))
+    assert dcm, "expected DICOMs in the shared data"
+    files = [str(p) for p in dcm]
+    remote = client.predict_files(address, files, model_dir=tiny_base)
+    # The same 8-bit image the ingestion stores, predicted in process, gives the same numbers.
+    for f, r in zip(files, remote):
+        grey = client.dicom_to_uint8(f)
+        p, _ = tiny_model.expected(float(grey.mean()) / 255.0)
+        np.testing.assert_allclose([x["probability"] for x in r["findings"]], p, atol=5e-3)
+
+
+def test_real_nih_pngs(grpc_server, shared_data, tiny_base):
+    _, address = grpc_server
+    files = [str(p) for p in sorted((shared_data / "nih-sample" / "images").glob("*.png"))[:3]]
+    remote = client.predict_files(address, files, model_dir=tiny_base)
+    local = client.predict_files_local(tiny_base, files)
+    for r, l in zip(remote, local):
+        np.testing.assert_allclose([f["probability"] for f in r["findings"]],
+                                   [f["probability"] for f in l["findings"]], atol=1e-6)
+
+
+# -- bad requests: clear INVALID_ARGUMENT, and the server keeps serving ------------------------------
+def _stub(address):
+    return prediction_service_pb2_grpc.PredictionServiceStub(client.make_channel(address))
+
+
+def _raw(sig=features.IMAGE_SIGNATURE, key=features.IMAGES_INPUT, proto=None):
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = MODEL_NAME
+    req.model_spec.signature_name = sig
+    req.inputs[key].CopyFrom(proto)
+    return req
+
+
+BAD_REQUESTS = {
+    "wrong_dtype": (lambda imgs: _raw(proto=tf.make_tensor_proto([1.0, 2.0], tf.float32)),
+                    "string"),
+    "wrong_shape": (lambda imgs: _raw(proto=tf.make_tensor_proto(
+        [[b"a", b"b"], [b"c", b"d"]], tf.string)), "shape"),
+    "not_an_image": (lambda imgs: _raw(proto=tf.make_tensor_proto(
+        [Path(imgs["white"]).read_bytes(), b"definitely not a PNG"], tf.string)), "image"),
+    "empty_batch": (lambda imgs: _raw(proto=tf.make_tensor_proto([], tf.string, shape=[0])),
+                    "empty batch"),
+    "wrong_input_name": (lambda imgs: _raw(key="pixels", proto=tf.make_tensor_proto(
+        [b"x"], tf.string)), "pixels"),
+    "bad_tf_example": (lambda imgs: _raw(sig=features.SERVING_SIGNATURE,
+                                         key=features.EXAMPLES_INPUT,
+                                         proto=tf.make_tensor_proto([b"\x01garbage"], tf.string)),
+                       ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_request_is_invalid_argument_and_server_recovers(grpc_server, images, case):
+    backend, address = grpc_server
+    make, needle = BAD_REQUESTS[case]
+    stub = _stub(address)
+    with pytest.raises(grpc.RpcError) as ei:
+        stub.Predict(make(images), timeout=10)
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    if backend == "standin":  # the real server's wording is its own
+        assert needle.lower() in ei.value.details().lower()
+        assert "Detected at node" not in ei.value.details()  # no graph stack trace in the message
+    ok = stub.Predict(image_request([images["white"]]), timeout=10)
+    assert tf.make_ndarray(ok.outputs[features.PROBABILITIES]).shape == (1, 3)
+
+
+def test_client_surfaces_invalid_argument_message(grpc_server, images):
+    _, address = grpc_server
+    with client.PredictClient(address) as c:
+        with pytest.raises(client.ServingError) as ei:
+            c.predict_encoded([b"not an image"])
+    assert ei.value.code == "INVALID_ARGUMENT"
+    assert "rejected the request" in str(ei.value)
+
+
+def test_client_rejects_non_image_file_before_sending(images):
+    # Port 9 (discard) is never a server here: the file check must fail before any connection.
+    with pytest.raises(client.InputFileError, match="notes.png: not a PNG, JPEG or DICOM"):
+        client.predict_files("127.0.0.1:9", [images["white"], images["not_image"]])
+
+
+# -- names: wrong model / signature -----------------------------------------------------------------
+def test_wrong_model_name_is_clear(grpc_server, images):
+    _, address = grpc_server
+    with pytest.raises(client.ServingError) as ei:
+        client.predict_files(address, [images["white"]], model="no_such_model")
+    assert ei.value.code == "NOT_FOUND"
+    assert "'no_such_model' is not served" in str(ei.value) and "--model" in str(ei.value)
+
+
+def test_wrong_signature_lists_available(grpc_server, images):
+    _, address = grpc_server
+    with client.PredictClient(address, signature="predict_everything") as c:
+        with pytest.raises(client.ServingError) as ei:
+            c.predict_encoded([Path(images["white"]).read_bytes()])
+    assert ei.value.code == "FAILED_PRECONDITION"
+    msg = str(ei.value)
+    assert "no signature 'predict_everything'" in msg
+    assert features.IMAGE_SIGNATURE in msg and features.SERVING_SIGNATURE in msg
+
+
+def test_model_metadata_signatures_match_contract(grpc_server):
+    _, address = grpc_server
+    defs = client.get_signature_defs(_stub(address), MODEL_NAME)
+    assert set(defs) >= {features.IMAGE_SIGNATURE, features.SERVING_SIGNATURE}
+    img = defs[features.IMAGE_SIGNATURE]
+    assert list(img.inputs) == [features.IMAGES_INPUT]
+    assert img.inputs[features.IMAGES_INPUT].dtype == tf.string.as_datatype_enum
+    assert set(img.outputs) == {features.PROBABILITIES, features.UNCERTAINTY}
+    assert list(defs[features.SERVING_SIGNATURE].inputs) == [features.EXAMPLES_INPUT]
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def test_cli_json_and_table(grpc_server, images, tiny_base, capsys):
+    _, address = grpc_server
+    rc = client.main(["--server", address, "--model-dir", tiny_base, "--json",
+                      images["white"], images["black"]])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in out] == [images["white"], images["black"]]
+    assert _by_name(out[0])["Atelectasis"]["above_threshold"] is True
+    rc = client.main(["--server", address, "--model-dir", tiny_base, images["white"]])
+    table = capsys.readouterr().out
+    assert rc == 0
+    lines = [ln for ln in table.splitlines() if "Atelectasis" in ln]
+    assert len(lines) == 1 and "ABOVE" in lines[0] and "0.881" in lines[0]
+    assert any("Cardiomegaly" in ln and "below" in ln for ln in table.splitlines())
+
+
+def test_cli_bad_file_exit_code(images, capsys):
+    assert client.main(["--server", "127.0.0.1:9", images["not_image"]]) == 2
+    assert "notes.png" in capsys.readouterr().err
+    assert client.main(["--server", "127.0.0.1:9", "/no/such/file.png"]) == 2
