@@ -1,0 +1,166 @@
+"""SavedModel export for TF Serving / TFX: two signatures, label + threshold assets, warm-up file.
+
+- ``features.SERVING_SIGNATURE`` (serving_default): ``features.EXAMPLES_INPUT`` = serialized
+  tf.Examples (only the image feature is read, so examples with or without labels both work);
+  returns PROBABILITIES, UNCERTAINTY ``[B, L]`` and PROBABILITIES_FULL ``[B, NUM_FINDINGS]``.
+- ``features.IMAGE_SIGNATURE``: ``features.IMAGES_INPUT`` = encoded PNG/JPEG bytes; returns
+  PROBABILITIES and UNCERTAINTY.
+Both decode with :func:`cxr_tfp.preprocess.decode_image` (same ops as training) and sample the
+latent with fixed pre-drawn noise (deterministic; identical to ``model.predict_with_uncertainty``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Dict, Optional
+
+import numpy as np
+
+from cxr_tfp import features as F
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+
+def _build_module(model, num_samples: int, label_path: str, threshold_path: str):
+    import tensorflow as tf
+
+    from cxr_tfp.preprocess import decode_image
+
+    size = int(model.image_size)
+    scatter = tf.constant(model.full_scatter)
+
+    class ServingModule(tf.Module):
+        def __init__(self):
+            super().__init__(name="cxr_serving")
+            self.model = model
+            self.labels_asset = tf.saved_model.Asset(label_path)
+            self.thresholds_asset = tf.saved_model.Asset(threshold_path)
+
+        def _predict_encoded(self, encoded):
+            images = tf.map_fn(lambda b: decode_image(b, size), encoded,
+                               fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
+            mean, std = self.model.predict_from_features(self.model.features(images, training=False),
+                                                         num_samples)
+            return mean, std
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.EXAMPLES_INPUT)])
+        def serve_examples(self, examples):
+            parsed = tf.io.parse_example(examples, {F.IMAGE: F.feature_spec()[F.IMAGE]})
+            mean, std = self._predict_encoded(parsed[F.IMAGE])
+            return {F.PROBABILITIES: mean, F.UNCERTAINTY: std,
+                    F.PROBABILITIES_FULL: tf.matmul(mean, scatter)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGES_INPUT)])
+        def serve_images(self, images):
+            mean, std = self._predict_encoded(images)
+            return {F.PROBABILITIES: mean, F.UNCERTAINTY: std}
+
+    return ServingModule()
+
+
+def _rename_inputs(fn, name: str):
+    """A concrete function whose single input is called ``name`` (signature keys = argument names)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None], tf.string, name=name)
+    ns: Dict[str, object] = {"fn": fn}
+    exec(f"def wrapped({name}):\n    return fn({name})\n", ns)  # argument name must equal the contract key
+    return tf.function(ns["wrapped"], input_signature=[spec]).get_concrete_function()
+
+
+def sample_inputs(image_size: int, count: int = 2):
+    """Deterministic PNG bytes and serialized tf.Examples for warm-up requests and smoke checks."""
+    pngs, examples = [], []
+    yy, xx = np.mgrid[0:image_size, 0:image_size]
+    for i in range(count):
+        img = ((xx + yy * (i + 1)) % 256).astype(np.uint8)
+        pngs.append(F.encode_png(img))
+        rec = F.ExampleRecord(image=img, labels=np.zeros(F.NUM_FINDINGS, np.float32),
+                              label_mask=np.zeros(F.NUM_FINDINGS, np.float32),
+                              patient_key=f"warmup-{i}", example_key=f"warmup-{i}", dataset="synthetic")
+        examples.append(F.to_example(rec).SerializeToString())
+    return pngs, examples
+
+
+def write_warmup(export_dir: str, image_size: int, model_name: str = "cxr") -> str:
+    """Write ``assets.extra/tf_serving_warmup_requests``: PredictionLogs for both signatures."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    pngs, examples = sample_inputs(image_size)
+    path = os.path.join(export_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for sig, key, payload in ((F.SERVING_SIGNATURE, F.EXAMPLES_INPUT, examples),
+                                  (F.IMAGE_SIGNATURE, F.IMAGES_INPUT, pngs)):
+            req = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=sig))
+            req.inputs[key].CopyFrom(tf.make_tensor_proto(payload, dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=req))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None,
+                       thresholds: Optional[Dict[str, float]] = None, model_name: str = "cxr") -> str:
+    """Export ``model`` (a CxrModel) as a SavedModel in ``export_dir``; returns ``export_dir``.
+
+    ``thresholds`` (finding -> operating threshold) default to ``model.thresholds`` (0.5 each when
+    the model was never evaluated).
+    """
+    import tensorflow as tf
+
+    s = int(num_samples or model.num_samples)
+    thr = dict(getattr(model, "thresholds", {}) or {})
+    if thresholds:
+        thr.update(thresholds)
+    thr = {f: float(thr.get(f, 0.5)) for f in model.findings}
+    with tempfile.TemporaryDirectory() as tmp:
+        label_path = os.path.join(tmp, F.LABELS_ASSET)
+        threshold_path = os.path.join(tmp, F.THRESHOLDS_ASSET)
+        with open(label_path, "w") as fh:
+            fh.write("\n".join(model.findings) + "\n")
+        with open(threshold_path, "w") as fh:
+            json.dump(thr, fh, indent=2)
+        module = _build_module(model, s, label_path, threshold_path)
+        signatures = {
+            F.SERVING_SIGNATURE: _rename_inputs(module.serve_examples, F.EXAMPLES_INPUT),
+            F.IMAGE_SIGNATURE: _rename_inputs(module.serve_images, F.IMAGES_INPUT),
+        }
+        tf.io.gfile.makedirs(export_dir)
+        tf.saved_model.save(module, export_dir, signatures=signatures)
+    write_warmup(export_dir, int(model.image_size), model_name=model_name)
+    return export_dir
+
+
+def read_labels(export_dir: str):
+    """Label names stored with an exported model, in output order."""
+    with open(os.path.join(export_dir, "assets", F.LABELS_ASSET)) as fh:
+        return tuple(line.strip() for line in fh if line.strip())
+
+
+def read_thresholds(export_dir: str) -> Dict[str, float]:
+    """Operating thresholds stored with an exported model."""
+    with open(os.path.join(export_dir, "assets", F.THRESHOLDS_ASSET)) as fh:
+        return {k: float(v) for k, v in json.load(fh).items()}
+
+
+def main(argv=None) -> int:
+    """CLI: ``python -m cxr_tfp.export MODEL.keras EXPORT_DIR [--num-samples S]``."""
+    import argparse
+
+    from cxr_tfp.model import load_model
+
+    p = argparse.ArgumentParser(description="Export a trained .keras CxrModel as a SavedModel.")
+    p.add_argument("model", help="path to model.keras")
+    p.add_argument("export_dir")
+    p.add_argument("--num-samples", type=int, default=None, help="latent samples in the signatures")
+    a = p.parse_args(argv)
+    print(export_saved_model(load_model(a.model), a.export_dir, a.num_samples))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,271 @@
+"""The assembled model: backbone -> feature map -> TFP latent head, with a two-stage train step.
+
+Stage 1 (``model.stage = 1``): backbone + prior + classifier, loss = masked BCE of p(y|z), z ~ p(z|x).
+Stage 2 (``model.stage = 2``): lower layers frozen; z ~ q(z|x,a); loss = masked BCE +
+beta_t * KL(q || p). Gradients of the KL flow into the prior: that is the distillation of the
+annotation into the image-only prior. The posterior is new in stage 2 and trains. The classifier
+stays trainable by default (``freeze='backbone'``, as in the paper: only the backbone is frozen)
+because it must learn to read the sharper, annotation-informed z; ``freeze='backbone+classifier'``
+keeps it fixed. Stage-2 batches may carry cached feature maps (``x['features']``, ``x['ann_grid']``)
+instead of images: the frozen backbone would compute exactly those.
+Prediction uses only the image: S samples from the prior with fixed, seeded noise.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cxr_tfp import features as F
+from cxr_tfp.labels import FINDINGS, resolve_vocabulary
+from cxr_tfp.model.backbones import build_backbone
+from cxr_tfp.model.latent_head import (LatentHead, annotation_to_grid, combine_annotation,
+                                       kl_diag_gaussians)
+
+# Rough CXR intensity statistics in [0, 1] (standardise before the backbone).
+_MEAN, _STD = 0.5, 0.25
+
+
+def scale_loss_for_distribution(loss):
+    """Divide by the replica count: the optimizer sums gradients over replicas."""
+    n = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / float(n) if n > 1 else loss
+
+
+def prediction_noise(num_samples: int, latent_dim: int, seed: int) -> np.ndarray:
+    """Fixed standard-normal noise ``[S, D]`` used for every prediction (deterministic for a seed)."""
+    return np.random.default_rng(seed + 7919).standard_normal((num_samples, latent_dim)).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="cxr_tfp")
+class CxrModel(keras.Model):
+    """Multi-label CXR classifier with a latent-variable head (van Sonsbeek et al., WACV 2023)."""
+
+    def __init__(self, backbone: str = "tiny", image_size: int = 64, channels: int = 1,
+                 findings: Sequence[str] | str = "synthetic", latent_dim: int = 16, hidden_dim: int = 64,
+                 num_samples: int = 20, seed: int = 0, annotation: str = "gaze+boxes",
+                 beta: float = 1.0, train_samples: int = 1,
+                 pos_weight: Optional[Sequence[float]] = None,
+                 thresholds: Optional[Dict[str, float]] = None,
+                 weights: Optional[str] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone_name = backbone
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.findings = tuple(resolve_vocabulary(findings))
+        self.latent_dim = int(latent_dim)
+        self.hidden_dim = int(hidden_dim)
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.annotation = annotation
+        self.beta = float(beta)
+        self.train_samples = int(train_samples)
+        self.pos_weight = None if pos_weight is None else [float(v) for v in pos_weight]
+        self.thresholds = {f: 0.5 for f in self.findings}
+        if thresholds:
+            self.thresholds.update({k: float(v) for k, v in thresholds.items()})
+        self.stage = 1
+        self.backbone = build_backbone(backbone, self.image_size, self.channels, weights)
+        self.grid_hw = tuple(int(d) for d in self.backbone.output_shape[1:3])
+        self.feature_dim = int(self.backbone.output_shape[-1])
+        self.head = LatentHead(self.latent_dim, self.hidden_dim, len(self.findings), name="latent_head")
+        self.head.build((None,) + self.grid_hw + (self.feature_dim,))
+        # KL warm-up factor in [0, 1], set per epoch by the trainer (a variable: no retracing).
+        self.kl_scale = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="kl_scale")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.bce_tracker = keras.metrics.Mean(name="bce")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.built = True
+
+    # ------------------------------------------------------------------ forward pieces
+    def features(self, images, training: bool = False):
+        """Backbone feature map ``[B, h, w, K]`` of images ``[B, S, S, 1]`` in [0, 1]."""
+        x = (tf.cast(images, tf.float32) - _MEAN) / _STD
+        if self.channels == 3:
+            x = tf.tile(x, [1, 1, 1, 3])
+        return self.backbone(x, training=training)
+
+    def annotation_grid(self, annotation):
+        """The annotation ``[B, S, S, 2]`` area-downsampled to the feature grid ``[B, h, w, 2]``."""
+        return annotation_to_grid(annotation, self.grid_hw)
+
+    def predict_from_features(self, fmap, num_samples: Optional[int] = None):
+        """Mean and std of p(y|z) over S fixed-noise samples z ~ p(z|x): two ``[B, L]`` tensors."""
+        s = int(num_samples or self.num_samples)
+        eps = tf.constant(prediction_noise(s, self.latent_dim, self.seed))
+        mu, logvar = self.head.prior(fmap)
+        z = mu[None] + tf.exp(0.5 * logvar)[None] * eps[:, None, :]           # [S, B, D]
+        probs = tf.sigmoid(self.head.classifier(z))                           # [S, B, L]
+        mean = tf.reduce_mean(probs, axis=0)
+        std = tf.sqrt(tf.maximum(tf.reduce_mean(tf.square(probs - mean[None]), axis=0), 0.0))
+        return mean, std
+
+    def call(self, inputs, training: bool = False):
+        images = inputs["image"] if isinstance(inputs, dict) else inputs
+        mean, std = self.predict_from_features(self.features(images, training=False))
+        return {F.PROBABILITIES: mean, F.UNCERTAINTY: std}
+
+    def predict_with_uncertainty(self, images: np.ndarray, num_samples: Optional[int] = None,
+                                 batch_size: int = 64) -> Dict[str, np.ndarray]:
+        """Per-finding probability (mean) and uncertainty (std) over prior samples, numpy ``[B, L]``."""
+        images = np.asarray(images, np.float32)
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.shape[1:] != (self.image_size, self.image_size, 1):
+            raise ValueError(f"images must be [B, {self.image_size}, {self.image_size}, 1], "
+                             f"got {images.shape}")
+        fn = self._predict_fn(int(num_samples or self.num_samples))
+        means, stds = [], []
+        for i in range(0, len(images), batch_size):
+            m, s = fn(tf.constant(images[i:i + batch_size]))
+            means.append(m.numpy())
+            stds.append(s.numpy())
+        L = len(self.findings)
+        cat = (lambda xs: np.concatenate(xs, 0)) if means else (lambda xs: np.zeros((0, L), np.float32))
+        return {F.PROBABILITIES: cat(means), F.UNCERTAINTY: cat(stds)}
+
+    def _predict_fn(self, num_samples: int):
+        cache = self.__dict__.setdefault("_predict_fns", {})
+        if num_samples not in cache:
+            @tf.function(input_signature=[tf.TensorSpec([None, self.image_size, self.image_size, 1],
+                                                        tf.float32)], reduce_retracing=True)
+            def fn(images):
+                return self.predict_from_features(self.features(images, training=False), num_samples)
+            cache[num_samples] = fn
+        return cache[num_samples]
+
+    @property
+    def full_scatter(self) -> np.ndarray:
+        """``[L, NUM_FINDINGS]`` one-hot matrix placing model outputs in their FINDINGS columns."""
+        m = np.zeros((len(self.findings), len(FINDINGS)), np.float32)
+        for i, name in enumerate(self.findings):
+            m[i, FINDINGS.index(name)] = 1.0
+        return m
+
+    # ------------------------------------------------------------------ training
+    def set_stage(self, stage: int, freeze: str = "backbone") -> None:
+        """Set trainability for ``stage`` (1 or 2) and which layers stage 2 freezes."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        self.stage = stage
+        self.backbone.trainable = True
+        self.head.classifier.trainable = True
+        self.head.prior.trainable = True
+        # The posterior is unused in stage 1 (no annotation yet): keep it out of the optimizer.
+        self.head.posterior.trainable = stage == 2
+        if stage == 2:
+            if freeze in ("backbone", "backbone+classifier"):
+                self.backbone.trainable = False
+            if freeze == "backbone+classifier":
+                self.head.classifier.trainable = False
+            elif freeze not in ("backbone", "none"):
+                raise ValueError(f"unknown freeze option {freeze!r}")
+        # Re-trace train_function with the new python-level stage (compile() also resets it).
+        self.train_function = None
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.bce_tracker, self.kl_tracker]
+
+    def masked_bce(self, logits, labels, mask):
+        """Mean BCE over known labels; logits ``[S, B, L]``, labels/mask ``[B, L]``."""
+        labels = tf.broadcast_to(labels[None], tf.shape(logits))
+        ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+        if self.pos_weight is not None:
+            pw = tf.constant(self.pos_weight, tf.float32)
+            ce = ce * (labels * pw + (1.0 - labels))
+        m = mask[None] * tf.ones_like(ce)
+        return tf.reduce_sum(ce * m) / tf.maximum(tf.reduce_sum(m), 1.0)
+
+    def compute_losses(self, x, y, training: bool = True):
+        """``(loss, bce, kl)`` for a batch; ``x`` carries images or cached features (stage 2)."""
+        labels = tf.cast(y["labels"], tf.float32)
+        mask = tf.cast(y["mask"], tf.float32)
+        if "features" in x:
+            fmap = tf.cast(x["features"], tf.float32)
+            ann_grid = x.get("ann_grid")
+        else:
+            fmap = self.features(x["image"], training=training and self.backbone.trainable)
+            ann_grid = self.annotation_grid(x["annotation"]) if self.stage == 2 else None
+        mu_p, logvar_p = self.head.prior(fmap)
+        b = tf.shape(mu_p)[0]
+        it = tf.cast(self.optimizer.iterations, tf.int32) if self.optimizer is not None else 0
+        noise = tf.random.stateless_normal([self.train_samples, b, self.latent_dim],
+                                           seed=tf.stack([tf.constant(self.seed, tf.int32), it]))
+        if self.stage == 1:
+            mu, logvar = mu_p, logvar_p
+            kl = tf.zeros([b])
+        else:
+            w, has = combine_annotation(ann_grid, x["has_gaze"], x["has_boxes"], self.annotation)
+            mu_q, logvar_q = self.head.posterior(fmap, w)
+            sel = has[:, None] > 0
+            mu = tf.where(sel, mu_q, mu_p)
+            logvar = tf.where(sel, logvar_q, logvar_p)
+            kl = kl_diag_gaussians(mu, logvar, mu_p, logvar_p)
+        z = mu[None] + tf.exp(0.5 * logvar)[None] * noise
+        bce = self.masked_bce(self.head.classifier(z), labels, mask)
+        kl_mean = tf.reduce_mean(kl)
+        loss = bce + self.beta * self.kl_scale * kl_mean
+        return loss, bce, kl_mean
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        with tf.GradientTape() as tape:
+            loss, bce, kl = self.compute_losses(x, y, training=True)
+            scaled = scale_loss_for_distribution(loss)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+        self.loss_tracker.update_state(loss)
+        self.bce_tracker.update_state(bce)
+        self.kl_tracker.update_state(kl)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        x, y = data[0], data[1]
+        loss, bce, kl = self.compute_losses(x, y, training=False)
+        self.loss_tracker.update_state(loss)
+        self.bce_tracker.update_state(bce)
+        self.kl_tracker.update_state(kl)
+        return {m.name: m.result() for m in self.metrics}
+
+    # ------------------------------------------------------------------ serialisation
+    def get_config(self) -> Dict[str, Any]:
+        return {
+            "name": self.name, "backbone": self.backbone_name, "image_size": self.image_size,
+            "channels": self.channels, "findings": list(self.findings), "latent_dim": self.latent_dim,
+            "hidden_dim": self.hidden_dim, "num_samples": self.num_samples, "seed": self.seed,
+            "annotation": self.annotation, "beta": self.beta, "train_samples": self.train_samples,
+            "pos_weight": self.pos_weight, "thresholds": dict(self.thresholds),
+        }
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "CxrModel":
+        return cls(**config)
+
+
+def build_model(config) -> CxrModel:
+    """Build the model described by a :class:`cxr_tfp.config.TrainConfig` (untrained)."""
+    import keras as _k
+
+    _k.utils.set_random_seed(int(config.seed))
+    return CxrModel(backbone=config.backbone, image_size=config.image_size, channels=config.channels,
+                    findings=config.finding_names, latent_dim=config.latent_dim,
+                    hidden_dim=config.hidden_dim, num_samples=config.num_samples, seed=config.seed,
+                    annotation=config.annotation, beta=config.beta, train_samples=config.train_samples,
+                    weights=config.weights, name="cxr_model")
+
+
+def load_model(path: str) -> CxrModel:
+    """Load a ``.keras`` model saved by :func:`cxr_tfp.train.train_model` (custom objects registered)."""
+    import os
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    model = keras.saving.load_model(path, compile=False)
+    if not isinstance(model, CxrModel):
+        raise ValueError(f"{path} does not hold a CxrModel (got {type(model).__name__})")
+    return model

@@ -1,0 +1,198 @@
+"""The TFP latent-variable head: prior p(z|x), posterior q(z|x,a), classifier p(y|x,z).
+
+Design (why): both networks read the backbone's spatial feature map F [B, h, w, K].
+- The prior pools F with a learned spatial attention (softmax over the h*w cells), then maps the
+  pooled vector to a diagonal Gaussian. Attention is what stage 2 can teach: "where to look".
+- The posterior pools F twice: with its own learned attention and with the expert's annotation
+  (gaze heatmap and/or box mask) downsampled to the map's grid (area average, normalised to sum 1),
+  and maps both pooled vectors to a diagonal Gaussian. Because it only needs F and the annotation on
+  the grid, stage 2 can run on cached feature maps of the frozen backbone.
+- The classifier sees only z (a bottleneck), so whatever the KL term distils into the prior directly
+  changes the prediction; the spread of z over samples gives the uncertainty.
+Images without a usable annotation use the prior as posterior (q = p, KL = 0).
+Everything is plain Keras 3 layers + ``tfp.distributions`` (``tfp.layers`` needs tf-keras).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+LOGVAR_MIN, LOGVAR_MAX = -8.0, 4.0
+
+
+def diag_gaussian(mu, logvar) -> "tfd.Distribution":
+    """Diagonal Gaussian over the last axis (event dim = latent_dim)."""
+    return tfd.Independent(tfd.Normal(loc=mu, scale=tf.exp(0.5 * logvar)), reinterpreted_batch_ndims=1)
+
+
+def kl_diag_gaussians(mu_q, logvar_q, mu_p, logvar_p):
+    """KL(q || p) per example ``[B]`` for diagonal Gaussians, via ``tfd.kl_divergence``."""
+    return tfd.kl_divergence(diag_gaussian(mu_q, logvar_q), diag_gaussian(mu_p, logvar_p))
+
+
+def annotation_to_grid(annotation, grid_hw: Tuple[int, int]):
+    """Area-downsample the annotation ``[B, S, S, 2]`` (gaze, box) to the feature grid ``[B, h, w, 2]``."""
+    return tf.image.resize(annotation, grid_hw, method="area")
+
+
+def combine_annotation(ann_grid, has_gaze, has_boxes, mode: str):
+    """Spatial pooling weights ``[B, h, w]`` (sum 1) from the annotation on the grid, and a ``[B]`` flag.
+
+    ``mode`` selects what the posterior may see ('gaze+boxes', 'gaze', 'boxes', 'none'); each present
+    map is normalised to sum 1 before the two are averaged, so gaze and boxes weigh equally.
+    """
+    eps = 1e-6
+    gaze = ann_grid[..., 0]
+    box = ann_grid[..., 1]
+    gsum = tf.reduce_sum(gaze, axis=[1, 2])
+    bsum = tf.reduce_sum(box, axis=[1, 2])
+    use_g = tf.cast(has_gaze > 0, tf.float32) * tf.cast(gsum > eps, tf.float32)
+    use_b = tf.cast(has_boxes > 0, tf.float32) * tf.cast(bsum > eps, tf.float32)
+    if mode == "gaze":
+        use_b = tf.zeros_like(use_b)
+    elif mode == "boxes":
+        use_g = tf.zeros_like(use_g)
+    elif mode == "none":
+        use_g = tf.zeros_like(use_g)
+        use_b = tf.zeros_like(use_b)
+    elif mode != "gaze+boxes":
+        raise ValueError(f"unknown annotation mode {mode!r}")
+    g = gaze / (gsum[:, None, None] + eps)
+    b = box / (bsum[:, None, None] + eps)
+    n = use_g + use_b
+    w = (g * use_g[:, None, None] + b * use_b[:, None, None]) / tf.maximum(n, 1.0)[:, None, None]
+    return w, tf.cast(n > 0, tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="cxr_tfp")
+class AttentionPool(keras.layers.Layer):
+    """Learned spatial attention pooling: 1x1 conv logits -> softmax over cells -> weighted sum."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.score = keras.layers.Conv2D(1, 1, name="score")
+
+    def build(self, input_shape):
+        self.score.build(input_shape)
+        self.built = True
+
+    def attention(self, fmap):
+        """Attention weights ``[B, h, w]`` (sum 1 per image)."""
+        logits = self.score(fmap)[..., 0]
+        shape = tf.shape(logits)
+        flat = tf.nn.softmax(tf.reshape(logits, [shape[0], -1]), axis=-1)
+        return tf.reshape(flat, shape)
+
+    def call(self, fmap):
+        return weighted_pool(fmap, self.attention(fmap))
+
+
+def weighted_pool(fmap, weights):
+    """``sum_{hw} weights[b,h,w] * fmap[b,h,w,:]`` -> ``[B, K]``."""
+    return tf.einsum("bhwk,bhw->bk", fmap, weights)
+
+
+@keras.saving.register_keras_serializable(package="cxr_tfp")
+class GaussianParams(keras.layers.Layer):
+    """MLP from a pooled vector to ``(mu, logvar)`` of a diagonal Gaussian (logvar clipped)."""
+
+    def __init__(self, latent_dim: int, hidden_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = int(latent_dim)
+        self.hidden_dim = int(hidden_dim)
+        self.hidden = keras.layers.Dense(self.hidden_dim, activation="relu", name="hidden")
+        self.out = keras.layers.Dense(2 * self.latent_dim, name="out")
+
+    def build(self, input_shape):
+        self.hidden.build(input_shape)
+        self.out.build((input_shape[0], self.hidden_dim))
+        self.built = True
+
+    def call(self, x):
+        p = self.out(self.hidden(x))
+        mu, logvar = tf.split(p, 2, axis=-1)
+        return mu, tf.clip_by_value(logvar, LOGVAR_MIN, LOGVAR_MAX)
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim}
+
+
+@keras.saving.register_keras_serializable(package="cxr_tfp")
+class PriorNet(keras.layers.Layer):
+    """p(z|x): attention-pooled image features -> diagonal Gaussian."""
+
+    def __init__(self, latent_dim: int, hidden_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = int(latent_dim)
+        self.hidden_dim = int(hidden_dim)
+        self.pool = AttentionPool(name="attention")
+        self.gauss = GaussianParams(latent_dim, hidden_dim, name="gaussian")
+
+    def build(self, fmap_shape):
+        self.pool.build(fmap_shape)
+        self.gauss.build((fmap_shape[0], fmap_shape[-1]))
+        self.built = True
+
+    def call(self, fmap):
+        return self.gauss(self.pool(fmap))
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim}
+
+
+@keras.saving.register_keras_serializable(package="cxr_tfp")
+class PosteriorNet(keras.layers.Layer):
+    """q(z|x,a): features pooled by learned attention AND by the expert's map -> diagonal Gaussian."""
+
+    def __init__(self, latent_dim: int, hidden_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = int(latent_dim)
+        self.hidden_dim = int(hidden_dim)
+        self.pool = AttentionPool(name="attention")
+        self.gauss = GaussianParams(latent_dim, hidden_dim, name="gaussian")
+
+    def build(self, fmap_shape):
+        self.pool.build(fmap_shape)
+        self.gauss.build((fmap_shape[0], 2 * fmap_shape[-1]))
+        self.built = True
+
+    def call(self, fmap, ann_weights):
+        pooled = tf.concat([self.pool(fmap), weighted_pool(fmap, ann_weights)], axis=-1)
+        return self.gauss(pooled)
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim}
+
+
+@keras.saving.register_keras_serializable(package="cxr_tfp")
+class LatentHead(keras.layers.Layer):
+    """Prior, posterior and classifier on a backbone feature map (see module docstring)."""
+
+    def __init__(self, latent_dim: int, hidden_dim: int, num_findings: int, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = int(latent_dim)
+        self.hidden_dim = int(hidden_dim)
+        self.num_findings = int(num_findings)
+        self.prior = PriorNet(latent_dim, hidden_dim, name="prior")
+        self.posterior = PosteriorNet(latent_dim, hidden_dim, name="posterior")
+        self.classifier = keras.layers.Dense(self.num_findings, name="classifier")
+
+    def build(self, fmap_shape):
+        self.prior.build(fmap_shape)
+        self.posterior.build(fmap_shape)
+        self.classifier.build((None, self.latent_dim))
+        self.built = True
+
+    def call(self, fmap):
+        """Logits at the prior mean (a deterministic summary; sampling is done by the model)."""
+        mu, _ = self.prior(fmap)
+        return self.classifier(mu)
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim,
+                "num_findings": self.num_findings}
