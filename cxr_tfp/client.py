@@ -86,14 +86,21 @@ def file_kind(path: str, head: Optional[bytes] = None) -> str:
 
 
 def dicom_to_uint8(path: str) -> np.ndarray:
-    """Decode a DICOM to the 8-bit grey image the ingestion stores (the project's reader)."""
-    from cxr_tfp.io import dicom as dicom_io  # the data engineer's reader: one decoder only
+    """Decode a DICOM to the 8-bit grey image the ingestion decodes (the project's reader)."""
+    from cxr_tfp import io as cxr_io  # the ingestion's reader: one DICOM decoder in the project
 
-    return dicom_io.read_dicom_uint8(path)
+    return cxr_io.load_image(path).pixels
 
 
-def encode_file(path: str) -> Tuple[bytes, str]:
-    """``(encoded PNG/JPEG bytes, kind)`` for one input file; raises :class:`InputFileError`."""
+def encode_file(path: str, image_size: Optional[int] = None) -> Tuple[bytes, str]:
+    """``(encoded PNG/JPEG bytes, kind)`` for one input file; raises :class:`InputFileError`.
+
+    PNG/JPEG are sent as they are; a DICOM goes through :mod:`cxr_tfp.io` and is sent as PNG.
+    With ``image_size``, every file is first resized exactly as the ingestion stores it
+    (:func:`cxr_tfp.io.prepare_image`), so the served pixels equal the TFRecord's.
+    """
+    from cxr_tfp import io as cxr_io
+
     p = Path(path)
     if not p.is_file():
         raise InputFileError(f"{path}: no such file")
@@ -101,14 +108,15 @@ def encode_file(path: str) -> Tuple[bytes, str]:
     if not data:
         raise InputFileError(f"{path}: empty file")
     kind = file_kind(path, data[:132])
-    if kind in ("png", "jpeg"):
+    if kind in ("png", "jpeg") and image_size is None:
         return data, kind
     try:
-        grey = dicom_to_uint8(path)
-    except ImportError:
-        raise
-    except Exception as e:
-        raise InputFileError(f"{path}: cannot decode DICOM pixel data: {e}") from e
+        if image_size is not None:
+            grey = cxr_io.prepare_image(data, int(image_size))
+        else:
+            grey = cxr_io.decode_image(data).pixels
+    except cxr_io.InputError as e:
+        raise InputFileError(f"{path}: {e}") from None
     return features.encode_png(grey), kind
 
 
@@ -131,8 +139,8 @@ def image_example(encoded: bytes) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
-def _encode_all(files: Sequence[str]) -> List[bytes]:
-    return [encode_file(f)[0] for f in files]
+def _encode_all(files: Sequence[str], image_size: Optional[int] = None) -> List[bytes]:
+    return [encode_file(f, image_size)[0] for f in files]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,7 +370,8 @@ def predict_files(server: str, files: List[str], model: str = DEFAULT_MODEL,
                   *, retries: int = DEFAULT_RETRIES, batch_size: int = DEFAULT_BATCH,
                   model_dir: Optional[str] = None, labels: Optional[Sequence[str]] = None,
                   thresholds: Optional[Mapping[str, float]] = None,
-                  version: Optional[int] = None, version_label: Optional[str] = None) -> List[dict]:
+                  version: Optional[int] = None, version_label: Optional[str] = None,
+                  image_size: Optional[int] = None) -> List[dict]:
     """Predict every file through TF Serving's gRPC ``Predict``; one result dict per file, in order.
 
     ``model_dir`` (a local copy of the served SavedModel, or its base path) supplies finding names and
@@ -373,7 +382,7 @@ def predict_files(server: str, files: List[str], model: str = DEFAULT_MODEL,
     if not files:
         raise ServingError("no files given", "INVALID_ARGUMENT")
     labels, thresholds = _assets_for(model_dir, labels, thresholds)
-    encoded = _encode_all(files)
+    encoded = _encode_all(files, image_size)
     results: List[dict] = []
     with PredictClient(server, model, signature, timeout_s, retries, version=version,
                        version_label=version_label) as client:
@@ -394,7 +403,8 @@ def _assets_for(model_dir, labels, thresholds):
 
 def predict_files_local(saved_model_dir: str, files: List[str],
                         signature: str = features.IMAGE_SIGNATURE,
-                        batch_size: int = DEFAULT_BATCH, loaded=None) -> List[dict]:
+                        batch_size: int = DEFAULT_BATCH, loaded=None,
+                        image_size: Optional[int] = None) -> List[dict]:
     """In-process fallback with the result shape of :func:`predict_files` (no server involved).
 
     Calls the SavedModel's signature exactly as TF Serving would (same inputs, same outputs).
@@ -409,7 +419,7 @@ def predict_files_local(saved_model_dir: str, files: List[str],
         raise ServingError(f"SavedModel {path} has no signature {signature!r}; available: "
                            f"{sorted(loaded.signatures)}", "FAILED_PRECONDITION")
     fn = loaded.signatures[signature]
-    encoded = _encode_all(files)
+    encoded = _encode_all(files, image_size)
     version = int(Path(path).name) if Path(path).name.isdigit() else None
     results: List[dict] = []
     for i in range(0, len(files), batch_size):
@@ -469,6 +479,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--thresholds", default=None, help="thresholds.json: {finding: threshold}")
     p.add_argument("--local", default=None, metavar="SAVED_MODEL",
                    help="run the SavedModel in process instead of calling a server")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resize every file as the ingestion stores it before sending "
+                        "(default: send PNG/JPEG as-is, DICOM at full size)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -478,12 +491,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     thresholds = json.loads(Path(a.thresholds).read_text()) if a.thresholds else None
     try:
         if a.local:
-            results = predict_files_local(a.local, a.files, a.signature, a.batch_size)
+            results = predict_files_local(a.local, a.files, a.signature, a.batch_size,
+                                          image_size=a.image_size)
         else:
             results = predict_files(a.server, a.files, a.model, a.signature, a.timeout,
                                     retries=a.retries, batch_size=a.batch_size,
                                     model_dir=a.model_dir, labels=labels, thresholds=thresholds,
-                                    version=a.version, version_label=a.version_label)
+                                    version=a.version, version_label=a.version_label,
+                                    image_size=a.image_size)
     except InputFileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

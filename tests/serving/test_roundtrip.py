@@ -74,17 +74,27 @@ def test_wrong_labels_file_length_is_reported(grpc_server, images):
 
 
 def test_dicom_round_trip_uses_project_reader(grpc_server, shared_data, tiny_base):
-    pytest.importorskip("cxr_tfp.io.dicom")
+    from cxr_tfp.io import prepare_image
+
     _, address = grpc_server
-    dcm = sorted((shared_data / "dicom").glob("*.dcm"))
-    assert dcm, "expected DICOMs in the shared data"
-    files = [str(p) for p in dcm]
-    remote = client.predict_files(address, files, model_dir=tiny_base)
-    # The same 8-bit image the ingestion stores, predicted in process, gives the same numbers.
+    normal = shared_data / "dicom" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+    mono1 = shared_data / "dicom" / "Fake_MONOHR1.dcm"
+    files = [str(normal), str(mono1)]
+    # At the model's own size the served pixels are exactly the ingestion's stored image.
+    remote = client.predict_files(address, files, model_dir=tiny_base, image_size=tiny_model.SIZE)
+    means = []
     for f, r in zip(files, remote):
-        grey = client.dicom_to_uint8(f)
-        p, _ = tiny_model.expected(float(grey.mean()) / 255.0)
-        np.testing.assert_allclose([x["probability"] for x in r["findings"]], p, atol=5e-3)
+        stored = prepare_image(f, tiny_model.SIZE)
+        means.append(float(stored.mean()) / 255.0)
+        p, u = tiny_model.expected(means[-1])
+        np.testing.assert_allclose([x["probability"] for x in r["findings"]], p, atol=1e-4)
+        np.testing.assert_allclose([x["uncertainty"] for x in r["findings"]], u, atol=1e-4)
+    # MONOCHROME1 is inverted by the reader: same radiograph, complementary grey levels.
+    assert means[0] + means[1] == pytest.approx(1.0, abs=0.01)
+    # Full-size DICOM (default): decoded by the reader, resized inside the model; close to stored.
+    full = client.predict_files(address, files[:1], model_dir=tiny_base)
+    p, _ = tiny_model.expected(means[0])
+    np.testing.assert_allclose([x["probability"] for x in full[0]["findings"]], p, atol=5e-3)
 
 
 def test_real_nih_pngs(grpc_server, shared_data, tiny_base):
