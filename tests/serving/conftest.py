@@ -104,20 +104,49 @@ class _RealServer:
             self.proc.kill()
 
 
-@pytest.fixture(scope="module", params=["standin", "tf_serving"])
-def grpc_server(request, tiny_base):
-    """(backend name, "127.0.0.1:PORT") of a server serving the tiny model as ``cxr_tfp``."""
-    if request.param == "standin":
+BACKENDS = ["standin", "tf_serving"]
+
+
+def serve(backend: str, base: str):
+    """Start ``backend`` over the base path; returns (address, stop); skips tf_serving if absent."""
+    if backend == "standin":
         from cxr_tfp.serving_standin import start_server
 
-        srv = start_server(tiny_base, MODEL_NAME)
-        yield request.param, srv.address
-        srv.stop()
-    else:
-        binary = _model_server_binary()
-        if not binary:
-            pytest.skip("no tensorflow_model_server binary on PATH and $TENSORFLOW_MODEL_SERVER unset "
-                        "(cannot be installed here, see ../shared/STACK.md)")
-        srv = _RealServer(binary, tiny_base)
-        yield request.param, srv.address
-        srv.stop()
+        srv = start_server(base, MODEL_NAME)
+        return srv.address, srv.stop
+    binary = _model_server_binary()
+    if not binary:
+        pytest.skip("no tensorflow_model_server binary on PATH and $TENSORFLOW_MODEL_SERVER unset "
+                    "(cannot be installed here, see ../shared/STACK.md)")
+    srv = _RealServer(binary, base)
+    return srv.address, srv.stop
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def grpc_server(request, tiny_base):
+    """(backend name, "127.0.0.1:PORT") of a server serving the tiny model as ``cxr_tfp``."""
+    address, stop = serve(request.param, tiny_base)
+    yield request.param, address
+    stop()
+
+
+@pytest.fixture(scope="session")
+def export_base(tmp_path_factory) -> str:
+    """TF Serving base path holding version 1 of the REAL export (tiny backbone, 64 px, synthetic)."""
+    from cxr_tfp.config import load_config
+    from cxr_tfp.export import export_saved_model
+    from cxr_tfp.model import build_model
+
+    cfg = load_config(overrides={"backbone": "tiny", "image_size": 64, "findings": "synthetic",
+                                 "num_samples": 4})
+    base = tmp_path_factory.mktemp("export") / MODEL_NAME
+    export_saved_model(build_model(cfg), str(base / "1"), model_name=MODEL_NAME)
+    return str(base)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def export_server(request, export_base):
+    """(backend name, address) of a server serving the real export as ``cxr_tfp``."""
+    address, stop = serve(request.param, export_base)
+    yield request.param, address
+    stop()
