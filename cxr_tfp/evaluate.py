@@ -1,0 +1,525 @@
+"""Evaluate one model (or two side by side) on a TFRecord split: metrics.json, report.md, figures.
+
+    python -m cxr_tfp.evaluate --model runs/a/model.keras --data data/ --out eval/ [--split test]
+    python -m cxr_tfp.evaluate --model runs/a/saved_model --compare runs/b/model.keras --data data/ --out eval/
+
+Layers, each usable on its own:
+1. a model adapter (``.keras`` file or SavedModel directory) turns serialized tf.Examples into
+   probabilities and uncertainties (and, for ``.keras``, Grad-CAM saliency);
+2. :func:`collect` runs it over a split into plain arrays (:class:`Predictions`);
+3. :func:`compute_metrics` turns arrays into a JSON-safe dict (:mod:`cxr_tfp.metrics`);
+4. :mod:`cxr_tfp.report` draws the figures and writes the markdown report.
+
+Operating thresholds are chosen on the ``eval`` split and applied to the evaluated split, so the
+reported sensitivity/specificity are not tuned on the data they are measured on.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from cxr_tfp import features as F
+from cxr_tfp import metrics as M
+
+log = logging.getLogger("cxr_tfp.evaluate")
+
+THRESHOLD_METHODS = ("youden", "sensitivity", "fixed")
+
+
+# ------------------------------------------------------------------------------------------ adapters
+class ModelAdapter:
+    """What evaluation needs from a model. Subclasses wrap a ``.keras`` file or a SavedModel."""
+
+    kind: str = "abstract"
+    name: str = "model"
+    path: str = ""
+    findings: Tuple[str, ...] = ()
+    image_size: Optional[int] = None        # None: the model takes serialized examples at any size
+    saliency_reason: Optional[str] = None   # why saliency is unavailable (None when it is available)
+
+    @property
+    def supports_saliency(self) -> bool:
+        return self.saliency_reason is None
+
+    def predict(self, serialized, images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, uncertainty)``, each float ``[B, L]`` over :attr:`findings`."""
+        raise NotImplementedError
+
+    def saliency(self, images: np.ndarray, finding_index: int) -> np.ndarray:
+        """Saliency maps ``[B, S, S]`` in [0, 1] for one finding."""
+        raise NotImplementedError(self.saliency_reason or "saliency not implemented")
+
+
+class KerasAdapter(ModelAdapter):
+    """A ``.keras`` model from :func:`cxr_tfp.model.load_model` (Grad-CAM available)."""
+
+    kind = "keras"
+
+    def __init__(self, path: str, num_samples: Optional[int] = None, name: Optional[str] = None):
+        from cxr_tfp.model import load_model
+
+        self.path = str(path)
+        self.name = name or _default_name(path)
+        self.model = load_model(self.path)
+        self.findings = tuple(self.model.findings)
+        self.image_size = int(self.model.image_size)
+        self.num_samples = num_samples
+
+    def predict(self, serialized, images):
+        out = self.model.predict_with_uncertainty(np.asarray(images, np.float32),
+                                                  num_samples=self.num_samples)
+        return np.asarray(out[F.PROBABILITIES]), np.asarray(out[F.UNCERTAINTY])
+
+    def saliency(self, images, finding_index):
+        from cxr_tfp.model.saliency import grad_cam
+
+        return np.asarray(grad_cam(self.model, np.asarray(images, np.float32), int(finding_index)))
+
+
+class SavedModelAdapter(ModelAdapter):
+    """An exported SavedModel called through its tf.Example serving signature (no Grad-CAM)."""
+
+    kind = "saved_model"
+    saliency_reason = ("Grad-CAM needs the Keras model's layers and gradients; a SavedModel exposes "
+                       "only its serving signatures. Evaluate the .keras file to get saliency.")
+
+    def __init__(self, path: str, name: Optional[str] = None):
+        import tensorflow as tf
+
+        self.path = str(path)
+        self.name = name or _default_name(path)
+        labels_file = Path(path) / "assets" / F.LABELS_ASSET
+        if not labels_file.is_file():
+            raise FileNotFoundError(f"{path}: no assets/{F.LABELS_ASSET} (label names) in this SavedModel")
+        self.findings = tuple(l.strip() for l in labels_file.read_text().splitlines() if l.strip())
+        self._loaded = tf.saved_model.load(self.path)
+        if F.SERVING_SIGNATURE not in self._loaded.signatures:
+            raise ValueError(f"{path}: SavedModel has no signature {F.SERVING_SIGNATURE!r} "
+                             f"(has {sorted(self._loaded.signatures)})")
+        self._fn = self._loaded.signatures[F.SERVING_SIGNATURE]
+
+    def predict(self, serialized, images):
+        out = self._fn(**{F.EXAMPLES_INPUT: serialized})
+        probs = out[F.PROBABILITIES].numpy()
+        if probs.shape[-1] != len(self.findings):
+            raise ValueError(f"{self.path}: signature returns {probs.shape[-1]} probabilities but "
+                             f"{F.LABELS_ASSET} lists {len(self.findings)} findings")
+        return probs, out[F.UNCERTAINTY].numpy()
+
+
+def _default_name(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def load_adapter(path: str, num_samples: Optional[int] = None, name: Optional[str] = None) -> ModelAdapter:
+    """A ``.keras`` file -> :class:`KerasAdapter`; a directory with ``saved_model.pb`` -> SavedModel."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".keras":
+        return KerasAdapter(path, num_samples=num_samples, name=name)
+    if p.is_dir() and (p / "saved_model.pb").is_file():
+        return SavedModelAdapter(path, name=name)
+    if p.is_dir() and (p / "model.keras").is_file():   # a training output folder
+        return KerasAdapter(str(p / "model.keras"), num_samples=num_samples, name=name or _default_name(path))
+    raise FileNotFoundError(f"{path}: neither a .keras file nor a SavedModel directory (saved_model.pb)")
+
+
+# -------------------------------------------------------------------------------------- collection
+@dataclasses.dataclass
+class SaliencyExample:
+    """One image kept for the saliency figure (maps at the model's input size)."""
+
+    image: np.ndarray
+    saliency: np.ndarray
+    gaze: Optional[np.ndarray]
+    boxes: Optional[np.ndarray]
+    finding: str
+    probability: float
+    label: Optional[float]     # None when unknown
+    annotated: bool
+
+
+@dataclasses.dataclass
+class Predictions:
+    """A model's outputs over one split, as plain arrays (row i = the i-th example in file order)."""
+
+    findings: Tuple[str, ...]
+    probs: np.ndarray           # [N, L]
+    uncertainty: np.ndarray     # [N, L]
+    labels: np.ndarray          # [N, L]
+    mask: np.ndarray            # [N, L]
+    patient_keys: np.ndarray    # [N] str
+    example_keys: np.ndarray    # [N] str
+    has_gaze: np.ndarray        # [N] bool
+    has_boxes: np.ndarray       # [N] bool
+    agreement: List[Dict[str, object]] = dataclasses.field(default_factory=list)  # one per (image, type)
+    examples: List[SaliencyExample] = dataclasses.field(default_factory=list)
+    saliency_reason: Optional[str] = None
+
+    def select(self, columns: Sequence[int]) -> "Predictions":
+        """The same predictions restricted to some findings (for comparing models)."""
+        cols = list(columns)
+        return dataclasses.replace(self, findings=tuple(self.findings[c] for c in cols),
+                                   probs=self.probs[:, cols], uncertainty=self.uncertainty[:, cols],
+                                   labels=self.labels[:, cols], mask=self.mask[:, cols])
+
+
+def split_files(data: str, split: str) -> List[str]:
+    """TFRecord files of ``data/split`` (or of ``data`` itself when it has no such sub-folder)."""
+    from cxr_tfp.input import list_files
+
+    d = Path(data) / split
+    if d.is_dir():
+        return list_files(str(d))
+    raise FileNotFoundError(f"{data}: no '{split}' split folder (expected {d}/*.tfrecord.gz)")
+
+
+def _stored_image_size(files: Sequence[str]) -> int:
+    import tensorflow as tf
+
+    for raw in tf.data.TFRecordDataset(list(files)[:1], compression_type="GZIP").take(1):
+        ex = tf.io.parse_single_example(raw, {F.IMAGE_SIZE: F.feature_spec()[F.IMAGE_SIZE]})
+        return int(ex[F.IMAGE_SIZE])
+    raise ValueError(f"{files[0]}: no examples")
+
+
+def _resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    if maps.shape[1] == size and maps.shape[2] == size:
+        return maps
+    import tensorflow as tf
+
+    return tf.image.resize(maps[..., None], [size, size]).numpy()[..., 0]
+
+
+def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32, saliency: bool = True,
+            max_saliency: Optional[int] = None, n_examples: int = 6, gaze_level: float = 0.5,
+            top_k: float = 0.1, progress_every: int = 20) -> Predictions:
+    """Run ``adapter`` over ``files`` and gather arrays; with ``saliency``, Grad-CAM the annotated images.
+
+    Saliency is computed for each annotated image with at least one known positive finding, for the
+    positive finding the model rates highest (what the expert marked is evidence of a finding that
+    is present). Its agreement with the box mask and with the gaze heatmap (``gaze_level`` of its
+    peak) is recorded per annotation type. ``max_saliency`` caps how many images get Grad-CAM.
+    """
+    import tensorflow as tf
+
+    from cxr_tfp.input import parse_batch
+
+    findings = tuple(adapter.findings)
+    size = adapter.image_size or _stored_image_size(files)
+    do_sal = saliency and adapter.supports_saliency
+    ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(batch_size)
+    out: Dict[str, List[np.ndarray]] = {k: [] for k in ("probs", "unc", "labels", "mask", "pk", "ek", "hg", "hb")}
+    agreement: List[Dict[str, object]] = []
+    annotated_examples: List[SaliencyExample] = []
+    filler_examples: List[SaliencyExample] = []
+    n_sal = 0
+    t0 = time.time()
+    for b, serialized in enumerate(ds):
+        x, y, meta = parse_batch(serialized, size, findings, with_meta=True)
+        images = x["image"].numpy()
+        probs, unc = adapter.predict(serialized, images)
+        probs, unc = np.asarray(probs, np.float64), np.asarray(unc, np.float64)
+        labels, mask = y["labels"].numpy(), y["mask"].numpy()
+        hg, hb = x["has_gaze"].numpy() > 0.5, x["has_boxes"].numpy() > 0.5
+        for k, v in (("probs", probs), ("unc", unc), ("labels", labels), ("mask", mask), ("hg", hg), ("hb", hb)):
+            out[k].append(v)
+        out["pk"].append(np.char.decode(meta[F.PATIENT_KEY].numpy().astype(bytes), "utf-8"))
+        out["ek"].append(np.char.decode(meta[F.EXAMPLE_KEY].numpy().astype(bytes), "utf-8"))
+        if do_sal:
+            ann = x["annotation"].numpy()
+            positive = (labels > 0.5) & (mask > 0.5)
+            targets: Dict[int, List[int]] = {}
+            for i in range(len(images)):
+                if (hg[i] or hb[i]) and positive[i].any() and (max_saliency is None or n_sal < max_saliency):
+                    j = int(np.argmax(np.where(positive[i], probs[i], -np.inf)))
+                    targets.setdefault(j, []).append(i)
+                    n_sal += 1
+                elif len(filler_examples) < n_examples and not (hg[i] or hb[i]):
+                    j = int(np.argmax(probs[i]))
+                    targets.setdefault(j, []).append(i)
+            for j, rows in targets.items():
+                sal = _resize_maps(np.asarray(adapter.saliency(images[rows], j), np.float64), size)
+                for r, s in zip(rows, sal):
+                    gaze = ann[r, :, :, 0] if hg[r] else None
+                    boxes = ann[r, :, :, 1] if hb[r] else None
+                    ex = SaliencyExample(image=images[r, :, :, 0], saliency=s, gaze=gaze, boxes=boxes,
+                                         finding=findings[j], probability=float(probs[r, j]),
+                                         label=float(labels[r, j]) if mask[r, j] > 0.5 else None,
+                                         annotated=bool(hg[r] or hb[r]))
+                    if not ex.annotated:
+                        filler_examples.append(ex)
+                        continue
+                    if len(annotated_examples) < n_examples:
+                        annotated_examples.append(ex)
+                    for kind, region in (("boxes", None if boxes is None else boxes > 0.5),
+                                         ("gaze", None if gaze is None else M.annotation_region(gaze, None, gaze_level))):
+                        if region is None or not region.any():
+                            continue
+                        ov = M.top_k_overlap(s, region, top_k)
+                        agreement.append({"type": kind, "finding": findings[j],
+                                          "hit": M.pointing_game_hit(s, region), **ov})
+        if progress_every and (b + 1) % progress_every == 0:
+            n = sum(len(v) for v in out["probs"])
+            log.info("%s: %d images (%.1f img/s)", adapter.name, n, n / max(time.time() - t0, 1e-9))
+    if not out["probs"]:
+        raise ValueError(f"no examples in {list(files)}")
+    cat = {k: np.concatenate(v) for k, v in out.items()}
+    return Predictions(findings=findings, probs=cat["probs"], uncertainty=cat["unc"], labels=cat["labels"],
+                       mask=cat["mask"], patient_keys=cat["pk"], example_keys=cat["ek"],
+                       has_gaze=cat["hg"], has_boxes=cat["hb"], agreement=agreement,
+                       examples=(annotated_examples + filler_examples)[:n_examples],
+                       saliency_reason=None if do_sal else (adapter.saliency_reason or "saliency not requested"))
+
+
+# ----------------------------------------------------------------------------------------- metrics
+@dataclasses.dataclass
+class EvalOptions:
+    """Metric options (all recorded in metrics.json)."""
+
+    threshold_method: str = "youden"
+    target_sensitivity: float = 0.9
+    fixed_threshold: float = 0.5
+    n_resamples: int = 1000
+    seed: int = 0
+    alpha: float = 0.05
+    n_bins: int = 10
+    referral_fractions: Tuple[float, ...] = M.DEFAULT_REFERRAL_FRACTIONS
+    top_k: float = 0.1
+    gaze_level: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.threshold_method not in THRESHOLD_METHODS:
+            raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
+        if self.n_resamples < 0:
+            raise ValueError(f"n_resamples must be >= 0, got {self.n_resamples}")
+
+
+def choose_thresholds(pred: Optional[Predictions], findings: Sequence[str], opts: EvalOptions) -> Dict[str, object]:
+    """Per-finding thresholds from the threshold split's predictions (``None`` where undefined)."""
+    if opts.threshold_method == "fixed" or pred is None:
+        return {f: opts.fixed_threshold for f in findings}
+    out = {}
+    for f in findings:
+        j = pred.findings.index(f)
+        out[f] = M.choose_threshold(pred.labels[:, j], pred.probs[:, j], opts.threshold_method,
+                                    opts.target_sensitivity, pred.mask[:, j])
+    return out
+
+
+def _agreement_summary(records: List[Dict[str, object]], k: float) -> Dict[str, object]:
+    def agg(rs):
+        if not rs:
+            return {"n": 0, "hits": 0, "pointing_hit_rate": None, "topk_precision": None,
+                    "topk_iou": None, "topk_chance": None}
+        return {"n": len(rs), "hits": int(sum(r["hit"] for r in rs)),
+                "pointing_hit_rate": float(np.mean([r["hit"] for r in rs])),
+                "topk_precision": float(np.mean([r["precision"] for r in rs])),
+                "topk_iou": float(np.mean([r["iou"] for r in rs])),
+                "topk_chance": float(np.mean([r["chance"] for r in rs]))}
+
+    out: Dict[str, object] = {"k": k}
+    for kind in ("boxes", "gaze"):
+        rs = [r for r in records if r["type"] == kind]
+        out[kind] = agg(rs)
+        out[kind]["per_finding"] = {f: agg([r for r in rs if r["finding"] == f])
+                                    for f in sorted({r["finding"] for r in rs})}
+    return out
+
+
+def compute_metrics(pred: Predictions, thresholds: Dict[str, object], opts: EvalOptions) -> Dict[str, object]:
+    """All metrics of one model on one split as a JSON-safe dict (undefined values are ``None``)."""
+    ci = M.auroc_with_ci(pred.labels, pred.probs, pred.mask, pred.patient_keys, opts.n_resamples,
+                         opts.seed, opts.alpha)
+    per = {}
+    for j, f in enumerate(pred.findings):
+        y, p, m, u = pred.labels[:, j], pred.probs[:, j], pred.mask[:, j], pred.uncertainty[:, j]
+        s = M.finding_summary(y, p, m, thresholds.get(f), opts.n_bins)
+        c = ci["per_finding"][j]
+        s.update({"auroc_ci_low": c["ci_low"], "auroc_ci_high": c["ci_high"], "auroc_ci_n_valid": c["n_valid"],
+                  "unknown": int(np.sum(m <= 0.5)), "mean_uncertainty": M.finite_or_none(np.mean(u[m > 0.5])) if np.any(m > 0.5) else None,
+                  "reliability": M.reliability_bins(y, p, opts.n_bins, m),
+                  "referral": M.referral_curve(y, p, u, opts.referral_fractions, m)})
+        per[f] = s
+    fractions = [r["fraction"] for r in next(iter(per.values()))["referral"]] if per else []
+    referral_macro = [{"fraction": fr, "auroc": M._mean_defined([per[f]["referral"][i]["auroc"] for f in per])}
+                      for i, fr in enumerate(fractions)]
+    macro = {"auroc": ci["macro"]["auroc"], "ci_low": ci["macro"]["ci_low"], "ci_high": ci["macro"]["ci_high"],
+             "findings_defined": int(sum(per[f]["auroc"] is not None for f in per))}
+    for key in ("average_precision", "ece", "sensitivity", "specificity"):
+        macro[key] = M._mean_defined([per[f][key] for f in per])
+    micro = {"auroc": ci["micro"]["auroc"], "ci_low": ci["micro"]["ci_low"], "ci_high": ci["micro"]["ci_high"],
+             "average_precision": M.micro_average_precision(pred.labels, pred.probs, pred.mask)}
+    sal = ({"available": False, "reason": pred.saliency_reason} if pred.saliency_reason else
+           {"available": True, "reason": None, "method": "Grad-CAM (backbone's last block)",
+            **_agreement_summary(pred.agreement, opts.top_k)})
+    return M.sanitize({
+        "findings": list(pred.findings),
+        "n_images": int(len(pred.probs)),
+        "n_patients": int(len(np.unique(pred.patient_keys))),
+        "n_with_gaze": int(pred.has_gaze.sum()), "n_with_boxes": int(pred.has_boxes.sum()),
+        "per_finding": per, "macro": macro, "micro": micro,
+        "referral": {"fractions": fractions, "macro_auroc": referral_macro},
+        "saliency": sal,
+    })
+
+
+def compare_metrics(a: Predictions, b: Predictions, opts: EvalOptions) -> Dict[str, object]:
+    """Paired bootstrap difference (B - A) in macro AUROC over the findings both models predict."""
+    if not np.array_equal(a.example_keys, b.example_keys):
+        raise ValueError("the two models were evaluated on different examples; cannot pair them")
+    d = M.paired_auroc_difference(a.labels, a.probs, b.probs, a.mask, a.patient_keys,
+                                  opts.n_resamples, opts.seed, opts.alpha)
+    return M.sanitize({"findings": list(a.findings), **d})
+
+
+# --------------------------------------------------------------------------------------- top level
+def evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str = "test",
+             compare: Union[None, str, ModelAdapter] = None, threshold_split: Optional[str] = "eval",
+             options: Optional[EvalOptions] = None, batch_size: int = 32, num_samples: Optional[int] = None,
+             saliency: bool = True, max_saliency: Optional[int] = None, n_examples: int = 6,
+             figures: bool = True) -> Dict[str, object]:
+    """Evaluate ``model`` (and optionally ``compare``) on ``data/split``; write metrics.json, report.md, PNGs.
+
+    Thresholds are chosen on ``data/threshold_split`` (``None``, or a missing folder, falls back to
+    the fixed threshold and the report says so). Returns the metrics dict written to metrics.json.
+    """
+    opts = options or EvalOptions()
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    adapters = [model if isinstance(model, ModelAdapter) else load_adapter(model, num_samples)]
+    if compare is not None:
+        adapters.append(compare if isinstance(compare, ModelAdapter) else load_adapter(compare, num_samples))
+    if len(adapters) == 2 and adapters[0].name == adapters[1].name:
+        adapters[1].name = adapters[1].name + " (B)"
+    files = split_files(data, split)
+    common = [f for f in adapters[0].findings if all(f in a.findings for a in adapters[1:])]
+    if not common:
+        raise ValueError("the models share no findings: nothing to compare")
+
+    th_files, th_note = None, None
+    if opts.threshold_method != "fixed":
+        if threshold_split is None:
+            th_note = f"no threshold split given: fixed threshold {opts.fixed_threshold}"
+        elif not (Path(data) / threshold_split).is_dir():
+            th_note = f"no '{threshold_split}' split in {data}: fixed threshold {opts.fixed_threshold}"
+            log.warning(th_note)
+        else:
+            th_files = split_files(data, threshold_split)
+            if threshold_split == split:
+                th_note = "thresholds chosen on the evaluated split itself (optimistic)"
+    method = opts.threshold_method if th_files is not None or opts.threshold_method == "fixed" else "fixed"
+
+    models_out, preds = [], []
+    for ad in adapters:
+        log.info("evaluating %s (%s) on %s", ad.name, ad.kind, split)
+        pred = collect(ad, files, batch_size=batch_size, saliency=saliency, max_saliency=max_saliency,
+                       n_examples=n_examples, gaze_level=opts.gaze_level, top_k=opts.top_k)
+        th_pred = collect(ad, th_files, batch_size=batch_size, saliency=False) if th_files else None
+        thresholds = choose_thresholds(th_pred, ad.findings,
+                                       dataclasses.replace(opts, threshold_method=method))
+        m = compute_metrics(pred, thresholds, opts)
+        m.update({"name": ad.name, "path": ad.path, "kind": ad.kind})
+        models_out.append(m)
+        preds.append(pred)
+
+    result: Dict[str, object] = {
+        "split": split, "data": str(data),
+        "threshold": {"method": method, "split": threshold_split if th_files else None,
+                      "target_sensitivity": opts.target_sensitivity if method == "sensitivity" else None,
+                      "fixed": opts.fixed_threshold if method == "fixed" else None, "note": th_note},
+        "bootstrap": {"n_resamples": opts.n_resamples, "seed": opts.seed, "alpha": opts.alpha,
+                      "unit": "patient"},
+        "calibration_bins": opts.n_bins,
+        "models": models_out,
+        "comparison": None,
+    }
+    if len(preds) == 2:
+        a = preds[0].select([preds[0].findings.index(f) for f in common])
+        b = preds[1].select([preds[1].findings.index(f) for f in common])
+        result["comparison"] = {"a": adapters[0].name, "b": adapters[1].name, **compare_metrics(a, b, opts)}
+    result = M.sanitize(result)
+
+    figs: Dict[str, object] = {}
+    if figures:
+        from cxr_tfp.report import figures as FIG
+
+        figs = FIG.draw_all(preds, result, out_dir)
+    result["figures"] = figs
+    with open(out_dir / "metrics.json", "w") as fh:
+        json.dump(result, fh, indent=2, allow_nan=False)
+    from cxr_tfp.report.markdown import write_report
+
+    write_report(result, out_dir / "report.md")
+    # Thresholds in the export contract's shape, so a chosen operating point can ship with a model.
+    with open(out_dir / F.THRESHOLDS_ASSET, "w") as fh:
+        json.dump({f: v["threshold"] for f, v in models_out[0]["per_finding"].items()}, fh, indent=2)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cxr_tfp.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="a .keras file or an exported SavedModel directory")
+    p.add_argument("--compare", default=None, help="a second model evaluated side by side (B - A differences)")
+    p.add_argument("--data", required=True, help="data folder with train/ eval/ test/ TFRecord splits")
+    p.add_argument("--out", required=True, help="output folder for metrics.json, report.md and figures")
+    p.add_argument("--split", default="test", help="split to evaluate")
+    p.add_argument("--threshold-split", default="eval", help="split the operating thresholds are chosen on")
+    p.add_argument("--threshold-method", default="youden", choices=THRESHOLD_METHODS)
+    p.add_argument("--target-sensitivity", type=float, default=0.9, help="for --threshold-method sensitivity")
+    p.add_argument("--fixed-threshold", type=float, default=0.5, help="for --threshold-method fixed")
+    p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--bins", type=int, default=10, help="calibration bins")
+    p.add_argument("--referral", default="0.05,0.1,0.2", help="fractions of most-uncertain cases referred")
+    p.add_argument("--top-k", type=float, default=0.1, help="top fraction of saliency pixels for overlap")
+    p.add_argument("--num-samples", type=int, default=None, help="latent samples (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-saliency", type=int, default=None, help="cap on images given Grad-CAM")
+    p.add_argument("--examples", type=int, default=6, help="images shown in the saliency figure")
+    p.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        fractions = tuple(float(v) for v in args.referral.split(",") if v.strip())
+    except ValueError:
+        raise SystemExit(f"--referral: expected comma-separated fractions, got {args.referral!r}")
+    opts = EvalOptions(threshold_method=args.threshold_method, target_sensitivity=args.target_sensitivity,
+                       fixed_threshold=args.fixed_threshold, n_resamples=args.bootstrap, seed=args.seed,
+                       n_bins=args.bins, referral_fractions=fractions, top_k=args.top_k)
+    res = evaluate(args.model, args.data, args.out, split=args.split, compare=args.compare,
+                   threshold_split=args.threshold_split, options=opts, batch_size=args.batch_size,
+                   num_samples=args.num_samples, saliency=not args.no_saliency,
+                   max_saliency=args.max_saliency, n_examples=args.examples)
+    for m in res["models"]:
+        mac = m["macro"]
+        print(f"{m['name']}: macro AUROC {_fmt(mac['auroc'])} [{_fmt(mac['ci_low'])}, {_fmt(mac['ci_high'])}] "
+              f"on {m['n_images']} images / {m['n_patients']} patients")
+    if res["comparison"]:
+        c = res["comparison"]
+        print(f"B - A macro AUROC: {_fmt(c['difference'])} [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
