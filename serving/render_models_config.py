@@ -1,0 +1,77 @@
+"""Render serving/models.config from the versions the Pusher wrote under the base path.
+
+    python serving/render_models_config.py --base_path tfx_out/serving/cxr_tfp > serving/models.config
+
+canary = the newest pushed version, stable = the one before it (the newest too when only one
+exists); ``--stable V`` / ``--canary V`` override (e.g. to promote the canary: --stable <canary>).
+The container path (``--container_base_path``) is what the server sees, not the host path.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+TEMPLATE = """\
+# Rendered by serving/render_models_config.py from {source} (versions found: {versions}).
+# See the comments in the committed serving/models.config for what each field does.
+model_config_list {{
+  config {{
+    name: "{name}"
+    base_path: "{base_path}"
+    model_platform: "tensorflow"
+    model_version_policy {{
+      latest {{
+        num_versions: 2
+      }}
+    }}
+    version_labels {{
+      key: "stable"
+      value: {stable}
+    }}
+    version_labels {{
+      key: "canary"
+      value: {canary}
+    }}
+  }}
+}}
+"""
+
+
+def pushed_versions(base_path: str) -> List[int]:
+    """Numeric version folders holding a saved_model.pb, ascending."""
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(int(d) for d in os.listdir(base_path)
+                  if d.isdigit() and os.path.isfile(os.path.join(base_path, d, "saved_model.pb")))
+
+
+def render(base_path: str, model_name: str = "cxr_tfp", container_base_path: Optional[str] = None,
+           stable: Optional[int] = None, canary: Optional[int] = None) -> str:
+    """The models.config text for the versions under ``base_path``."""
+    versions = pushed_versions(base_path)
+    if not versions and (stable is None or canary is None):
+        raise SystemExit(f"no pushed versions under {base_path!r}: push a model first, or give "
+                         f"--stable and --canary")
+    canary = canary if canary is not None else versions[-1]
+    stable = stable if stable is not None else (versions[-2] if len(versions) > 1 else versions[-1])
+    return TEMPLATE.format(source=base_path, versions=versions, name=model_name,
+                           base_path=container_base_path or f"/models/{model_name}",
+                           stable=stable, canary=canary)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    p.add_argument("--base_path", required=True, help="host folder <serving_root>/<model_name>")
+    p.add_argument("--model_name", default="cxr_tfp")
+    p.add_argument("--container_base_path", default=None, help="default /models/<model_name>")
+    p.add_argument("--stable", type=int, default=None)
+    p.add_argument("--canary", type=int, default=None)
+    a = p.parse_args(argv)
+    sys.stdout.write(render(a.base_path, a.model_name, a.container_base_path, a.stable, a.canary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
