@@ -46,6 +46,8 @@ class TrainConfig:
     beta: float = _f(1.0, "Weight of KL(q(z|x,a) || p(z|x)) in the stage-2 loss.")
     kl_warmup_epochs: int = _f(2, "Stage-2 epochs over which beta ramps linearly from beta/N to beta "
                                "(0 = no warm-up).")
+    prior_kl: float = _f(0.01, "Stage-1 weight of KL(p(z|x) || N(0, I)), keeping the prior's spread "
+                         "(uncertainty) meaningful; 0 disables it.")
     pos_weight: bool = _f(False, "Weight positive labels by neg/pos counts of the training split "
                           "(class imbalance).")
     # --- optimisation
@@ -102,8 +104,9 @@ class TrainConfig:
         for name in ("stage1_lr", "stage2_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"config: {name}={getattr(self, name)!r} must be > 0")
-        if not self.beta >= 0:
-            raise ValueError(f"config: beta={self.beta!r} must be >= 0")
+        for name in ("beta", "prior_kl"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"config: {name}={getattr(self, name)!r} must be >= 0")
         if self.image_size < 16:
             raise ValueError(f"config: image_size={self.image_size} is too small (minimum 16)")
         try:

@@ -46,7 +46,7 @@ class CxrModel(keras.Model):
     def __init__(self, backbone: str = "tiny", image_size: int = 64, channels: int = 1,
                  findings: Sequence[str] | str = "synthetic", latent_dim: int = 16, hidden_dim: int = 64,
                  num_samples: int = 20, seed: int = 0, annotation: str = "gaze+boxes",
-                 beta: float = 1.0, train_samples: int = 1,
+                 beta: float = 1.0, train_samples: int = 1, prior_kl: float = 0.0,
                  pos_weight: Optional[Sequence[float]] = None,
                  thresholds: Optional[Dict[str, float]] = None,
                  weights: Optional[str] = None, **kwargs):
@@ -62,6 +62,7 @@ class CxrModel(keras.Model):
         self.annotation = annotation
         self.beta = float(beta)
         self.train_samples = int(train_samples)
+        self.prior_kl = float(prior_kl)
         self.pos_weight = None if pos_weight is None else [float(v) for v in pos_weight]
         self.thresholds = {f: 0.5 for f in self.findings}
         if thresholds:
@@ -165,6 +166,22 @@ class CxrModel(keras.Model):
         # Re-trace train_function with the new python-level stage (compile() also resets it).
         self.train_function = None
 
+    def init_posterior_from_prior(self) -> None:
+        """Start stage 2 with q == p: copy the prior's weights, zero the annotation-pooled inputs.
+
+        Why: after stage 1 the prior is sharp (small variance), so a freshly initialised posterior
+        would start with a huge KL that swamps the BCE. Starting from q = p the KL starts at 0 and
+        the posterior learns to use the annotation (the zeroed rows get gradients at once).
+        """
+        prior, post = self.head.prior, self.head.posterior
+        post.pool.score.kernel.assign(prior.pool.score.kernel)
+        post.pool.score.bias.assign(prior.pool.score.bias)
+        k = prior.gauss.hidden.kernel
+        post.gauss.hidden.kernel.assign(tf.concat([k, tf.zeros_like(k)], axis=0))
+        post.gauss.hidden.bias.assign(prior.gauss.hidden.bias)
+        post.gauss.out.kernel.assign(prior.gauss.out.kernel)
+        post.gauss.out.bias.assign(prior.gauss.out.bias)
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.bce_tracker, self.kl_tracker]
@@ -196,7 +213,13 @@ class CxrModel(keras.Model):
                                            seed=tf.stack([tf.constant(self.seed, tf.int32), it]))
         if self.stage == 1:
             mu, logvar = mu_p, logvar_p
-            kl = tf.zeros([b])
+            # Stage-1 regulariser KL(p(z|x) || N(0, I)): keeps the prior's spread meaningful
+            # (BCE alone shrinks it to the floor, leaving no uncertainty and a sharp prior).
+            kl = kl_diag_gaussians(mu_p, logvar_p, tf.zeros_like(mu_p), tf.zeros_like(logvar_p))
+            kl_mean = tf.reduce_mean(kl)
+            z = mu[None] + tf.exp(0.5 * logvar)[None] * noise
+            bce = self.masked_bce(self.head.classifier(z), labels, mask)
+            return bce + self.prior_kl * kl_mean, bce, kl_mean
         else:
             w, has = combine_annotation(ann_grid, x["has_gaze"], x["has_boxes"], self.annotation)
             mu_q, logvar_q = self.head.posterior(fmap, w)
@@ -239,6 +262,7 @@ class CxrModel(keras.Model):
             "channels": self.channels, "findings": list(self.findings), "latent_dim": self.latent_dim,
             "hidden_dim": self.hidden_dim, "num_samples": self.num_samples, "seed": self.seed,
             "annotation": self.annotation, "beta": self.beta, "train_samples": self.train_samples,
+            "prior_kl": self.prior_kl,
             "pos_weight": self.pos_weight, "thresholds": dict(self.thresholds),
         }
 
@@ -256,6 +280,7 @@ def build_model(config) -> CxrModel:
                     findings=config.finding_names, latent_dim=config.latent_dim,
                     hidden_dim=config.hidden_dim, num_samples=config.num_samples, seed=config.seed,
                     annotation=config.annotation, beta=config.beta, train_samples=config.train_samples,
+                    prior_kl=config.prior_kl,
                     weights=config.weights, name="cxr_model")
 
 

@@ -1,0 +1,474 @@
+"""Two-stage training (``python -m cxr_tfp.train``): stage 1 global labels, stage 2 annotation distillation.
+
+``train_model`` checks everything it can before training (config, record format, a non-empty
+annotated subset), then runs stage 1 and stage 2 with a checkpoint after every epoch, so a killed run
+started again resumes inside the stage it was in. Each stage ends with per-finding and macro AUROC on
+the eval split in ``out_dir/metrics.json``; the final model is written as ``out_dir/model.keras`` and
+exported as a SavedModel (``cxr_tfp.export``). Stage 2 trains on cached frozen-backbone features by
+default. Training runs under the ``tf.distribute`` strategy named by ``config.distribute``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cxr_tfp import features as F
+from cxr_tfp.config import TrainConfig, add_config_arguments, load_config, overrides_from_args
+from cxr_tfp.input import FilePattern, list_files, make_dataset
+
+STATE_FILE = "state.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.jsonl"
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by the test hook that simulates a killed run."""
+
+
+# ---------------------------------------------------------------------------------------- checks
+def validate_records(files: Sequence[str], compression: str = "GZIP") -> None:
+    """Raise ValueError naming the file and the field when a record does not match the feature spec."""
+    import tensorflow as tf
+
+    spec = F.feature_spec()
+    for path in files:
+        try:
+            ds = tf.data.TFRecordDataset([path], compression_type=compression)
+            first = next(iter(ds.take(1)), None)
+        except (tf.errors.DataLossError, tf.errors.OpError) as exc:
+            raise ValueError(f"{path}: cannot be read as a {compression} TFRecord file "
+                             f"({type(exc).__name__})") from None
+        if first is None:
+            continue  # an empty shard is legal
+        try:
+            tf.io.parse_single_example(first, spec)
+        except (tf.errors.InvalidArgumentError, ValueError):
+            for key, fspec in spec.items():
+                try:
+                    tf.io.parse_single_example(first, {key: fspec})
+                except (tf.errors.InvalidArgumentError, ValueError) as exc:
+                    msg = str(exc).splitlines()[0][:200]
+                    raise ValueError(f"{path}: record does not match the feature spec: field "
+                                     f"{key!r} ({fspec}): {msg}") from None
+            raise ValueError(f"{path}: record does not match the feature spec") from None
+
+
+def scan_split(files: Sequence[str], findings: Sequence[str]) -> Dict[str, Any]:
+    """Counts over a split (labels, masks, annotation flags) without decoding any image."""
+    import tensorflow as tf
+
+    from cxr_tfp.labels import indices
+
+    spec = F.feature_spec()
+    keys = (F.LABELS, F.LABEL_MASK, F.HAS_GAZE, F.HAS_BOXES, F.HAS_ANNOTATION)
+    small = {k: spec[k] for k in keys}
+    cols = indices(findings)
+    n = 0
+    pos = np.zeros(len(cols))
+    known = np.zeros(len(cols))
+    gaze = boxes = annotated = 0
+    ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(512).map(
+        lambda s: tf.io.parse_example(s, small))
+    for b in ds:
+        lab = b[F.LABELS].numpy()[:, cols]
+        msk = b[F.LABEL_MASK].numpy()[:, cols]
+        n += lab.shape[0]
+        pos += (lab * msk).sum(0)
+        known += msk.sum(0)
+        gaze += int(b[F.HAS_GAZE].numpy().sum())
+        boxes += int(b[F.HAS_BOXES].numpy().sum())
+        annotated += int((b[F.HAS_ANNOTATION].numpy() > 0).sum())
+    return {"num_examples": n, "positives": pos, "known": known, "has_gaze": gaze,
+            "has_boxes": boxes, "annotated": annotated}
+
+
+def check_stage2_subset(cfg: TrainConfig, scan: Dict[str, Any], where: str) -> None:
+    """Raise ValueError when stage 2 would have nothing (usable) to train on."""
+    if cfg.stage2_epochs == 0:
+        return
+    if scan["annotated"] == 0:
+        raise ValueError(f"stage 2: no annotated examples (has_annotation=1) in the training files "
+                         f"{where}; add gaze/box annotations or set stage2_epochs: 0")
+    usable = {"gaze+boxes": scan["annotated"], "gaze": scan["has_gaze"], "boxes": scan["has_boxes"],
+              "none": scan["annotated"]}[cfg.annotation]
+    if usable == 0:
+        raise ValueError(f"stage 2: annotation={cfg.annotation!r} but no training example carries that "
+                         f"kind of annotation ({scan['has_gaze']} with gaze, {scan['has_boxes']} with "
+                         f"boxes) in {where}")
+
+
+# ---------------------------------------------------------------------------------------- strategy
+def make_strategy(name: str):
+    """The ``tf.distribute`` strategy for ``config.distribute``."""
+    import tensorflow as tf
+
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if tf.config.list_logical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=cpus)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown distribute strategy {name!r}")
+
+
+def _is_chief() -> bool:
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = tf_config.get("task", {})
+    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
+                                                    and "chief" not in tf_config.get("cluster", {}))
+
+
+# ---------------------------------------------------------------------------------------- data
+def stage1_dataset(cfg: TrainConfig, files: Sequence[str]):
+    """Shuffled, augmented batches of all training images: ``(x, y)``."""
+    import tensorflow as tf
+
+    ds = make_dataset(files, cfg.image_size, cfg.finding_names, cfg.batch_size, shuffle=cfg.shuffle,
+                      seed=cfg.seed)
+    if cfg.augment:
+        from cxr_tfp.augment import make_augmenter
+
+        aug = make_augmenter(cfg.seed)
+        ds = ds.map(lambda x, y: (aug(x), y), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=not cfg.shuffle)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def stage2_image_dataset(cfg: TrainConfig, files: Sequence[str], shuffle: Optional[bool] = None):
+    """Annotated-subset batches with images (the frozen backbone is recomputed each step)."""
+    return make_dataset(files, cfg.image_size, cfg.finding_names, cfg.batch_size,
+                        shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed,
+                        annotated_only=True)
+
+
+def cache_stage2_features(model, cfg: TrainConfig, files: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Frozen-backbone feature maps and grid annotations of the annotated subset (one pass)."""
+    import keras
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def compute(image, annotation):
+        return model.features(image, training=False), model.annotation_grid(annotation)
+
+    parts: Dict[str, List[np.ndarray]] = {k: [] for k in
+                                          ("features", "ann_grid", "has_gaze", "has_boxes", "labels", "mask")}
+    bar = keras.utils.Progbar(None, unit_name="image", verbose=1 if cfg.verbose else 0)
+    seen = 0
+    for x, y in stage2_image_dataset(cfg, files, shuffle=False):
+        fmap, grid = compute(x["image"], x["annotation"])
+        parts["features"].append(fmap.numpy())
+        parts["ann_grid"].append(grid.numpy())
+        for k in ("has_gaze", "has_boxes"):
+            parts[k].append(x[k].numpy())
+        parts["labels"].append(y["labels"].numpy())
+        parts["mask"].append(y["mask"].numpy())
+        seen += int(fmap.shape[0])
+        bar.update(seen)
+    if not parts["features"]:
+        raise ValueError("stage 2: the annotated subset is empty")
+    return {k: np.concatenate(v, 0) for k, v in parts.items()}
+
+
+def cached_dataset(cache: Dict[str, np.ndarray], cfg: TrainConfig):
+    """Batches ``(x, y)`` over cached features, x = {features, ann_grid, has_gaze, has_boxes}."""
+    import tensorflow as tf
+
+    x = {k: cache[k] for k in ("features", "ann_grid", "has_gaze", "has_boxes")}
+    y = {"labels": cache["labels"], "mask": cache["mask"]}
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if cfg.shuffle:
+        ds = ds.shuffle(len(cache["labels"]), seed=cfg.seed, reshuffle_each_iteration=True)
+    return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def predict_split(model, cfg: TrainConfig, files: Sequence[str]) -> Tuple[np.ndarray, ...]:
+    """``(probabilities, uncertainty, labels, mask)`` over a split, prior-only prediction."""
+    fn = model._predict_fn(int(cfg.num_samples))
+    P, U, Y, M = [], [], [], []
+    for x, y in make_dataset(files, cfg.image_size, cfg.finding_names, max(cfg.batch_size, 64)):
+        m, s = fn(x["image"])
+        P.append(m.numpy())
+        U.append(s.numpy())
+        Y.append(y["labels"].numpy())
+        M.append(y["mask"].numpy())
+    L = len(cfg.finding_names)
+    cat = lambda a: np.concatenate(a, 0) if a else np.zeros((0, L), np.float32)  # noqa: E731
+    return cat(P), cat(U), cat(Y), cat(M)
+
+
+def auroc_report(findings: Sequence[str], probs, labels, mask) -> Dict[str, Any]:
+    """Per-finding AUROC (None where undefined) and their macro mean."""
+    from cxr_tfp import metrics as M
+
+    per = {f: M.auroc(labels[:, j], probs[:, j], mask[:, j]) for j, f in enumerate(findings)}
+    defined = [v for v in per.values() if v is not None]
+    return {"auroc": per, "macro_auroc": float(np.mean(defined)) if defined else None,
+            "num_eval": int(len(labels))}
+
+
+def choose_thresholds(findings: Sequence[str], probs, labels, mask) -> Dict[str, float]:
+    """Youden operating threshold per finding on eval; 0.5 where it is undefined."""
+    from cxr_tfp import metrics as M
+
+    out = {}
+    for j, f in enumerate(findings):
+        t = M.choose_threshold(labels[:, j], probs[:, j], "youden", mask=mask[:, j]) if len(labels) else None
+        out[f] = 0.5 if t is None else float(t)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def _read_json(path: str, default: Any) -> Any:
+    if not os.path.exists(path):
+        return default
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def save_checkpoint(model, ckpt_dir: str, stage: int, epochs_done: int) -> None:
+    """Weights + optimizer state + epoch counter, written atomically (json last)."""
+    os.makedirs(ckpt_dir, exist_ok=True)
+    w_tmp = os.path.join(ckpt_dir, "tmp.weights.h5")
+    model.save_weights(w_tmp)
+    os.replace(w_tmp, os.path.join(ckpt_dir, "latest.weights.h5"))
+    opt_tmp = os.path.join(ckpt_dir, "optimizer.tmp.npz")
+    np.savez(opt_tmp, *[v.numpy() for v in model.optimizer.variables])
+    os.replace(opt_tmp, os.path.join(ckpt_dir, "optimizer.npz"))
+    _write_json(os.path.join(ckpt_dir, "checkpoint.json"), {"stage": stage, "epochs_done": epochs_done})
+
+
+def restore_checkpoint(model, ckpt_dir: str) -> int:
+    """Restore the latest epoch checkpoint of a stage; returns the number of epochs already done."""
+    info = _read_json(os.path.join(ckpt_dir, "checkpoint.json"), None)
+    if not info:
+        return 0
+    model.load_weights(os.path.join(ckpt_dir, "latest.weights.h5"))
+    model.optimizer.build(model.trainable_variables)
+    with np.load(os.path.join(ckpt_dir, "optimizer.npz")) as z:
+        values = [z[f"arr_{i}"] for i in range(len(z.files))]
+    if len(values) != len(model.optimizer.variables):
+        raise ValueError(f"checkpoint {ckpt_dir} does not match the model/optimizer "
+                         f"({len(values)} vs {len(model.optimizer.variables)} optimizer variables)")
+    for var, val in zip(model.optimizer.variables, values):
+        var.assign(val)
+    return int(info["epochs_done"])
+
+
+def _callbacks(model, cfg: TrainConfig, stage: int, out_dir: str, ckpt_dir: str, budget: Dict[str, Any]):
+    import keras
+
+    warmup = cfg.kl_warmup_epochs if stage == 2 else 0
+
+    class StageCallback(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            model.kl_scale.assign(min(1.0, (epoch + 1) / warmup) if warmup > 0 else 1.0)
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if _is_chief():
+                save_checkpoint(model, ckpt_dir, stage, epoch + 1)
+            rec = {"stage": stage, "epoch": epoch, "seconds": time.perf_counter() - self._t0,
+                   "kl_scale": float(model.kl_scale.numpy()),
+                   **{k: float(v) for k, v in (logs or {}).items()}}
+            with open(os.path.join(out_dir, HISTORY_FILE), "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            budget["epochs"] += 1
+            if budget["limit"] is not None and budget["epochs"] >= budget["limit"]:
+                raise TrainingInterrupted(f"interrupted after {budget['epochs']} epochs (test hook)")
+
+    tb = keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, "logs", f"stage{stage}"),
+                                     write_graph=False, update_freq="epoch")
+    return [StageCallback(), tb]
+
+
+# ---------------------------------------------------------------------------------------- main entry
+def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FilePattern, out_dir: str,
+                export_dir: Optional[str] = None, *, _interrupt_after_epochs: Optional[int] = None
+                ) -> Dict[str, Any]:
+    """Run stage 1 then stage 2 (resuming from ``out_dir``), evaluate, save and export.
+
+    Returns the metrics dict also written to ``out_dir/metrics.json``: ``stage1`` / ``stage2`` entries
+    with per-finding ``auroc``, ``macro_auroc`` and ``num_eval``, plus ``thresholds`` and ``findings``.
+    """
+    import keras
+    import tensorflow as tf
+
+    from cxr_tfp.export import export_saved_model
+    from cxr_tfp.model import build_model
+
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config)
+    cfg = config
+    cfg.validate()
+    findings = cfg.finding_names
+    train = list_files(train_files)
+    evals = list_files(eval_files)
+    # --- everything that can be wrong is checked before any training starts
+    validate_records(train + evals)
+    scan = scan_split(train, findings)
+    if scan["num_examples"] == 0:
+        raise ValueError(f"training files {train_files} hold no examples")
+    check_stage2_subset(cfg, scan, str(train_files))
+    if cfg.weights and not os.path.exists(cfg.weights):
+        raise FileNotFoundError(f"config: weights file not found: {cfg.weights}")
+
+    os.makedirs(out_dir, exist_ok=True)
+    export_dir = export_dir or os.path.join(out_dir, "saved_model")
+    state = _read_json(os.path.join(out_dir, STATE_FILE), {})
+    comparable = lambda d: {k: v for k, v in (d or {}).items() if k != "verbose"}  # noqa: E731
+    if state.get("config") is not None and comparable(state["config"]) != comparable(cfg.to_dict()):
+        changed = sorted(k for k in comparable(cfg.to_dict())
+                         if comparable(state["config"]).get(k) != getattr(cfg, k))
+        raise ValueError(f"{out_dir} holds a run with a different config (changed: {', '.join(changed)}); "
+                         f"use a new --out directory to start over")
+    state["config"] = cfg.to_dict()
+    _write_json(os.path.join(out_dir, STATE_FILE), state)
+    metrics = _read_json(os.path.join(out_dir, METRICS_FILE), {})
+    metrics["findings"] = list(findings)
+    metrics["train_examples"] = scan["num_examples"]
+    metrics["annotated_examples"] = scan["annotated"]
+    budget = {"epochs": 0, "limit": _interrupt_after_epochs}
+
+    strategy = make_strategy(cfg.distribute)
+    with strategy.scope():
+        model = build_model(cfg)
+        if cfg.pos_weight:
+            neg = scan["known"] - scan["positives"]
+            model.pos_weight = [float(np.clip(n / max(p, 1.0), 1.0, 100.0))
+                                for n, p in zip(neg, scan["positives"])]
+
+    def run_stage(stage: int, dataset_fn, on_fresh_start=None) -> None:
+        key = f"stage{stage}"
+        epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
+        lr = cfg.stage1_lr if stage == 1 else cfg.stage2_lr
+        ckpt_dir = os.path.join(out_dir, "checkpoints", key)
+        with strategy.scope():
+            model.set_stage(stage, cfg.freeze)
+            model.compile(optimizer=keras.optimizers.Adam(lr))
+            done = restore_checkpoint(model, ckpt_dir)
+            if done == 0 and on_fresh_start is not None:
+                on_fresh_start()
+        if done < epochs:
+            print(f"[train] {key}: epochs {done + 1}..{epochs} "
+                  f"({'resumed' if done else 'from the start'})", file=sys.stderr)
+            t0 = time.perf_counter()
+            model.fit(dataset_fn(), epochs=epochs, initial_epoch=done, verbose=cfg.verbose,
+                      callbacks=_callbacks(model, cfg, stage, out_dir, ckpt_dir, budget))
+            train_seconds = time.perf_counter() - t0
+        else:
+            train_seconds = 0.0
+        probs, _, labels, mask = predict_split(model, cfg, evals)
+        rep = auroc_report(findings, probs, labels, mask)
+        rep["epochs"] = epochs
+        rep["train_seconds_this_run"] = round(train_seconds, 3)
+        metrics[key] = rep
+        model.save_weights(os.path.join(out_dir, f"{key}.weights.h5"))
+        state[f"{key}_done"] = True
+        _write_json(os.path.join(out_dir, METRICS_FILE), metrics)
+        _write_json(os.path.join(out_dir, STATE_FILE), state)
+        print(f"[train] {key}: eval macro AUROC = {rep['macro_auroc']}", file=sys.stderr)
+
+    # Stage 1 ------------------------------------------------------------------------------------
+    if state.get("stage1_done"):
+        model.load_weights(os.path.join(out_dir, "stage1.weights.h5"))
+    else:
+        run_stage(1, lambda: stage1_dataset(cfg, train))
+
+    # Stage 2 ------------------------------------------------------------------------------------
+    if cfg.stage2_epochs > 0:
+        if state.get("stage2_done"):
+            model.load_weights(os.path.join(out_dir, "stage2.weights.h5"))
+        else:
+            use_cache = cfg.cache_features and cfg.freeze != "none"
+
+            def stage2_data():
+                if use_cache:
+                    cache = cache_stage2_features(model, cfg, train)
+                    metrics["stage2_cached_examples"] = int(len(cache["labels"]))
+                    return cached_dataset(cache, cfg)
+                return stage2_image_dataset(cfg, train)
+
+            run_stage(2, stage2_data, on_fresh_start=model.init_posterior_from_prior)
+
+    # Final: thresholds, .keras, SavedModel ------------------------------------------------------
+    final = "stage2" if cfg.stage2_epochs > 0 else "stage1"
+    probs, _, labels, mask = predict_split(model, cfg, evals)
+    model.thresholds = choose_thresholds(findings, probs, labels, mask)
+    metrics["final_stage"] = final
+    metrics["thresholds"] = model.thresholds
+    if _is_chief():
+        model.save(os.path.join(out_dir, "model.keras"))
+        export_saved_model(model, export_dir, cfg.num_samples)
+    metrics["export_dir"] = export_dir
+    _write_json(os.path.join(out_dir, METRICS_FILE), metrics)
+    return json.loads(json.dumps(metrics, default=_json_default))
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI parser: data/out/config paths plus one flag per config field."""
+    p = argparse.ArgumentParser(
+        prog="python -m cxr_tfp.train",
+        description="Two-stage training of the CXR latent-variable model (stage 1: all labelled "
+                    "images; stage 2: frozen backbone, annotated subset, KL distillation). Writes "
+                    "metrics.json, model.keras, TensorBoard logs and a SavedModel to --out.")
+    p.add_argument("--data", required=True, help="data build output with train/ and eval/ subfolders")
+    p.add_argument("--out", required=True, help="output directory (re-run with the same one to resume)")
+    p.add_argument("--config", default=None, help="YAML config (e.g. configs/smoke.yaml); flags override it")
+    p.add_argument("--export-dir", default=None, help="SavedModel directory [OUT/saved_model]")
+    add_config_arguments(p)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, overrides_from_args(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    splits = {}
+    for split in ("train", "eval"):
+        d = os.path.join(args.data, split)
+        if not os.path.isdir(d):
+            print(f"error: --data {args.data} has no {split}/ subfolder", file=sys.stderr)
+            return 2
+        splits[split] = d
+    try:
+        metrics = train_model(cfg, splits["train"], splits["eval"], args.out, args.export_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = {k: metrics[k]["macro_auroc"] for k in ("stage1", "stage2") if k in metrics}
+    print(json.dumps({"macro_auroc": summary, "out": args.out, "export_dir": metrics["export_dir"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
