@@ -1,0 +1,132 @@
+"""Every setting of the TFX pipeline in one place: name, roots, thresholds, training options, image.
+
+The local runner, the Kubeflow runner, the demo and the tests all build a :class:`PipelineSettings`
+(defaults below, environment overrides via :meth:`PipelineSettings.from_env`) and hand it to
+:func:`pipeline.pipeline.create_pipeline`. Nothing else in ``pipeline/`` hard-codes a path or a number.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+PIPELINE_NAME = "cxr-tfp"
+# The served model's name: TF Serving's ``--model_name`` and the top folder of the push base path.
+SERVING_MODEL_NAME = "cxr_tfp"
+
+# The container image the components run in on Kubeflow / Vertex (built from the repo's Dockerfile).
+PIPELINE_IMAGE = os.environ.get("CXR_TFP_PIPELINE_IMAGE", "cxr-tfp-pipeline:0.1.0")
+
+# Training: a config file of the training package plus overrides (both resolved at pipeline build
+# time into Trainer.custom_config, so a change of any option invalidates the TFX cache).
+DEFAULT_TRAIN_CONFIG = str(REPO_ROOT / "configs" / "smoke.yaml")
+
+# The curated schema (generated from the feature contract by ``python -m pipeline.schema_tools``).
+CURATED_SCHEMA_DIR = str(REPO_ROOT / "pipeline" / "schema")
+
+# Splits of the data issue's TFRecords: <data_root>/{train,eval,test}/*.tfrecord.gz.
+SPLITS: Tuple[str, ...] = ("train", "eval", "test")
+TRAIN_SPLIT, EVAL_SPLIT, EVALUATOR_SPLIT = "train", "eval", "test"
+
+# Evaluator slices (feature keys of the contract; overall is always included).
+SLICE_FEATURES: Tuple[str, ...] = ("view", "dataset")
+
+# Blessing: macro AUROC over the predicted findings must reach an absolute floor and must not drop
+# by more than MAX_DROP against the latest blessed model (when one exists).
+MACRO_AUC_LOWER_BOUND = 0.6
+MACRO_AUC_MAX_DROP = 0.01
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclasses.dataclass
+class PipelineSettings:
+    """All knobs of one pipeline instance (JSON-friendly values only)."""
+
+    pipeline_name: str = PIPELINE_NAME
+    # Everything TFX writes (artifacts, metadata) lives under output_root unless overridden.
+    output_root: str = str(REPO_ROOT / "tfx_out")
+    data_root: str = str(REPO_ROOT / "demo_out" / "tfrecords")
+    pipeline_root: Optional[str] = None          # default <output_root>/pipelines/<name>
+    metadata_path: Optional[str] = None          # default <output_root>/metadata/<name>/metadata.db
+    serving_root: Optional[str] = None           # default <output_root>/serving
+    model_name: str = SERVING_MODEL_NAME
+    train_config_path: Optional[str] = DEFAULT_TRAIN_CONFIG
+    train_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    use_curated_schema: bool = True
+    macro_auc_lower_bound: float = MACRO_AUC_LOWER_BOUND
+    macro_auc_max_drop: float = MACRO_AUC_MAX_DROP
+    slice_features: Tuple[str, ...] = SLICE_FEATURES
+    evaluator_split: str = EVALUATOR_SPLIT
+    enable_cache: bool = True
+    beam_args: List[str] = dataclasses.field(
+        default_factory=lambda: ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+
+    # Resolved locations -------------------------------------------------------------------------
+    @property
+    def resolved_pipeline_root(self) -> str:
+        return self.pipeline_root or os.path.join(self.output_root, "pipelines", self.pipeline_name)
+
+    @property
+    def resolved_metadata_path(self) -> str:
+        return self.metadata_path or os.path.join(
+            self.output_root, "metadata", self.pipeline_name, "metadata.db")
+
+    @property
+    def push_base(self) -> str:
+        """TF Serving's model base path: the Pusher writes ``<push_base>/<version>/saved_model.pb``."""
+        return os.path.join(self.serving_root or os.path.join(self.output_root, "serving"),
+                            self.model_name)
+
+    def train_config_dict(self) -> Dict[str, Any]:
+        """The full training config (file + overrides) as a plain dict for ``custom_config``."""
+        from cxr_tfp.config import load_config
+
+        return load_config(self.train_config_path, overrides=dict(self.train_overrides)).to_dict()
+
+    def findings(self) -> Tuple[str, ...]:
+        """The findings the trained model predicts (from the training config)."""
+        from cxr_tfp.labels import resolve_vocabulary
+
+        return tuple(resolve_vocabulary(self.train_config_dict()["findings"]))
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "PipelineSettings":
+        """Defaults, then ``CXR_TFP_*`` environment variables, then keyword overrides.
+
+        The ``tfx`` CLI runs ``local_runner.py`` without arguments, so the environment is how a
+        user points it at their data and outputs (see ``pipeline/README.md``).
+        """
+        s = cls()
+        s.pipeline_name = _env("CXR_TFP_PIPELINE_NAME", s.pipeline_name)
+        s.output_root = _env("CXR_TFP_OUTPUT_ROOT", s.output_root)
+        s.data_root = _env("CXR_TFP_DATA_ROOT", s.data_root)
+        s.serving_root = os.environ.get("CXR_TFP_SERVING_ROOT", s.serving_root)
+        s.train_config_path = _env("CXR_TFP_TRAIN_CONFIG", s.train_config_path or "")
+        if "CXR_TFP_MACRO_AUC_LOWER_BOUND" in os.environ:
+            s.macro_auc_lower_bound = float(os.environ["CXR_TFP_MACRO_AUC_LOWER_BOUND"])
+        if "CXR_TFP_MACRO_AUC_MAX_DROP" in os.environ:
+            s.macro_auc_max_drop = float(os.environ["CXR_TFP_MACRO_AUC_MAX_DROP"])
+        for key, value in overrides.items():
+            if not hasattr(s, key):
+                raise AttributeError(f"unknown pipeline setting {key!r}")
+            setattr(s, key, value)
+        return s
+
+
+def summary_lines(s: PipelineSettings) -> Sequence[str]:
+    """Where everything lives, for logs and the demo."""
+    return (
+        f"pipeline name   : {s.pipeline_name}",
+        f"input TFRecords : {s.data_root}/{{{','.join(SPLITS)}}}/*.tfrecord.gz",
+        f"pipeline root   : {s.resolved_pipeline_root}",
+        f"metadata (MLMD) : {s.resolved_metadata_path}",
+        f"push base path  : {s.push_base}   (TF Serving --model_base_path)",
+        f"blessing        : macro AUROC >= {s.macro_auc_lower_bound}, "
+        f"drop vs last blessed <= {s.macro_auc_max_drop}",
+    )

@@ -1,0 +1,139 @@
+"""The TFX DAG: validate, train in two stages, evaluate against the last blessed model, push.
+
+ImportExampleGen (train/eval/test TFRecords) -> StatisticsGen -> ImportSchemaGen (curated, or
+SchemaGen) -> ExampleValidator -> AnomaliesGate (fails the run on anomalies) -> Trainer
+(``pipeline.trainer_module.run_fn``) -> Resolver(LatestBlessedModelStrategy) -> Evaluator (TFMA
+macro / per-finding AUROC, sliced by view and dataset) -> Pusher (filesystem, TF Serving layout).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from tensorflow_model_analysis.proto import config_pb2 as tfma
+from tfx import v1 as tfx
+
+from cxr_tfp import features as F
+from cxr_tfp.labels import indices
+from pipeline import configs
+from pipeline.anomalies_gate import AnomaliesGate
+from pipeline.trainer_module import TRAIN_CONFIG_KEY
+
+RUN_FN = "pipeline.trainer_module.run_fn"
+MACRO_AUC = "auc"  # TFMA metric name of tf.keras.metrics.AUC; the macro key carries aggregation
+_AUC_CONFIG = '{"name": "%s", "curve": "ROC", "num_thresholds": 1000}' % MACRO_AUC
+
+# Component ids (stable: tests and the demo look executions up by them).
+EXAMPLE_GEN = "ImportExampleGen"
+STATISTICS_GEN = "StatisticsGen"
+SCHEMA_GEN = "SchemaGen"
+EXAMPLE_VALIDATOR = "ExampleValidator"
+ANOMALIES_GATE = "AnomaliesGate"
+TRAINER = "Trainer"
+RESOLVER = "latest_blessed_model_resolver"
+EVALUATOR = "Evaluator"
+PUSHER = "Pusher"
+
+
+def eval_config(findings: Sequence[str], lower_bound: float, max_drop: float,
+                slice_features: Sequence[str] = configs.SLICE_FEATURES) -> tfma.EvalConfig:
+    """TFMA config: AUROC per finding, macro AUROC with value + change thresholds, example count.
+
+    The model's ``PROBABILITIES_FULL`` output lines up with the stored ``LABELS`` vector over all
+    ``FINDINGS``; each predicted finding is a class id of that vector. Two metrics specs keep the
+    thresholds on the macro average only (TFMA applies a spec's thresholds to every sub key, so
+    per-finding AUCs, noisy on small test sets, live in a spec without thresholds). The macro spec
+    names its classes through ``class_weights`` (equal weights).
+    """
+    class_ids = indices(findings)
+    threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": lower_bound}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_drop}))
+    macro = tfma.MetricsSpec(
+        metrics=[tfma.MetricConfig(class_name="AUC", config=_AUC_CONFIG, threshold=threshold)],
+        aggregate=tfma.AggregationOptions(macro_average=True,
+                                          class_weights={c: 1.0 for c in class_ids}))
+    per_finding = tfma.MetricsSpec(
+        metrics=[tfma.MetricConfig(class_name="AUC", config=_AUC_CONFIG),
+                 tfma.MetricConfig(class_name="ExampleCount")],
+        binarize=tfma.BinarizationOptions(class_ids={"values": class_ids}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name=F.SERVING_SIGNATURE, label_key=F.LABELS,
+                                    prediction_key=F.PROBABILITIES_FULL,
+                                    preprocessing_function_names=[])],
+        metrics_specs=[macro, per_finding],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[k])
+                                              for k in slice_features])
+
+
+def create_pipeline(settings: configs.PipelineSettings, *,
+                    train_config: Optional[Dict[str, Any]] = None,
+                    schema_file: Optional[str] = None,
+                    beam_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
+    """Build the pipeline from ``settings``.
+
+    ``train_config`` (a ``TrainConfig`` dict) defaults to the settings' config file + overrides;
+    ``schema_file`` defaults to the committed curated schema (the Kubeflow runner passes the path
+    inside the image).
+    """
+    if train_config is None:
+        train_config = settings.train_config_dict()
+    from cxr_tfp.labels import resolve_vocabulary
+
+    findings = resolve_vocabulary(train_config["findings"])
+
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=settings.data_root,
+        input_config=tfx.proto.Input(splits=[
+            tfx.proto.Input.Split(name=s, pattern=f"{s}/*") for s in configs.SPLITS]))
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    if settings.use_curated_schema:
+        from pipeline.schema_tools import SCHEMA_FILE
+
+        schema_gen = tfx.components.ImportSchemaGen(
+            schema_file=schema_file or SCHEMA_FILE).with_id(SCHEMA_GEN)
+    else:
+        schema_gen = tfx.components.SchemaGen(
+            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"]).with_id(ANOMALIES_GATE)
+
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=[configs.TRAIN_SPLIT]),
+        eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]),
+        custom_config={TRAIN_CONFIG_KEY: train_config})
+    trainer.add_upstream_node(gate)
+
+    resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id(RESOLVER)
+
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=resolver.outputs["model"],
+        example_splits=[settings.evaluator_split],
+        eval_config=eval_config(findings, settings.macro_auc_lower_bound,
+                                settings.macro_auc_max_drop, settings.slice_features))
+
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=settings.push_base)))
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=settings.pipeline_name,
+        pipeline_root=settings.resolved_pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, gate, trainer,
+                    resolver, evaluator, pusher],
+        enable_cache=settings.enable_cache,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            settings.resolved_metadata_path),
+        beam_pipeline_args=list(settings.beam_args if beam_args is None else beam_args))
