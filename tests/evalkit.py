@@ -20,44 +20,58 @@ def _unit(key: str) -> float:
 
 
 def write_split(path: Path, n_patients: int, per_patient: int, seed: int, no_positive: Sequence[str] = ("Nodule",),
-                annotated_every: int = 3) -> Dict[str, np.ndarray]:
-    """Write one split; the box of a positive image sits where the image is bright (known saliency)."""
+                annotated_every: int = 3, size: int = SIZE) -> Dict[str, np.ndarray]:
+    """Write one split of learnable toy images.
+
+    Each positive finding ``k`` draws a bright square in its own quadrant (so a model can learn it and
+    the image's brightest pixels lie inside the expert box); every ``annotated_every``-th image gets a
+    gaze heatmap on its squares (or a random spot when it has none) and, when it has a positive, boxes.
+    """
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
     cols = indices(FINDS)
+    q, sq = size // 2, max(2, size // 8)
+    yy, xx = np.mgrid[:size, :size]
     n = 0
     with tf.io.TFRecordWriter(str(path / "part-00000.tfrecord.gz"), options="GZIP") as w:
         for p in range(n_patients):
-            for i in range(per_patient):
+            for _ in range(per_patient):
                 labels = np.zeros(len(FINDINGS), np.float32)
                 mask = np.zeros(len(FINDINGS), np.float32)
-                for c, f in zip(cols, FINDS):
+                img = (rng.random((size, size)) * 60).astype(np.uint8)
+                box = np.zeros((size, size), np.uint8)
+                gaze = np.zeros((size, size))
+                for k, (c, f) in enumerate(zip(cols, FINDS)):
                     mask[c] = 1.0
                     labels[c] = 0.0 if f in no_positive else float(rng.random() < 0.4)
+                    if labels[c]:
+                        r0 = (k // 2) * q + rng.integers(1, q - sq - 1)
+                        c0 = (k % 2) * q + rng.integers(1, q - sq - 1)
+                        img[r0:r0 + sq, c0:c0 + sq] = 250
+                        box[max(r0 - 1, 0):r0 + sq + 1, max(c0 - 1, 0):c0 + sq + 1] = 1
+                        gaze += np.exp(-((yy - r0 - sq / 2) ** 2 + (xx - c0 - sq / 2) ** 2) / (sq * sq / 2))
                 mask[cols[0]] = 0.0 if (n % 7 == 0) else 1.0    # some unknown labels
-                img = (rng.random((SIZE, SIZE)) * 60).astype(np.uint8)
-                box = np.zeros((SIZE, SIZE), np.uint8)
-                r, c0 = rng.integers(2, SIZE - 12, 2)
-                box[r:r + 10, c0:c0 + 10] = 1
-                img[r + 3:r + 7, c0 + 3:c0 + 7] = 250
-                gaze = None
-                boxes = None
-                if n % annotated_every == 0:
-                    boxes = box
-                    yy, xx = np.mgrid[:SIZE, :SIZE]
-                    gaze = np.exp(-((yy - r - 5) ** 2 + (xx - c0 - 5) ** 2) / 18.0)
+                annotated = n % annotated_every == 0
+                if annotated and not gaze.any():
+                    r, c = rng.integers(0, size, 2)
+                    gaze = np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / 8.0)
                 rec = F.ExampleRecord(image=img, labels=labels, label_mask=mask, patient_key=f"pat{seed}_{p}",
-                                      example_key=f"ex{seed}_{n}", dataset="synthetic", gaze=gaze, box_mask=boxes)
+                                      example_key=f"ex{seed}_{n}", dataset="synthetic",
+                                      gaze=gaze if annotated else None,
+                                      box_mask=box if annotated and box.any() else None)
                 w.write(F.to_example(rec).SerializeToString())
                 n += 1
     return {"n": np.asarray(n)}
 
 
-def make_data(root: Path, n_test_patients: int = 30) -> Path:
-    write_split(root / "eval", 20, 2, seed=1, no_positive=())
-    write_split(root / "test", n_test_patients, 2, seed=2)
+def make_data(root: Path, n_test_patients: int = 30, size: int = SIZE, n_train_patients: int = 0) -> Path:
+    """``root/{train,eval,test}``; the test split has no Nodule positives (an undefined finding)."""
+    if n_train_patients:
+        write_split(root / "train", n_train_patients, 2, seed=0, no_positive=(), size=size, annotated_every=2)
+    write_split(root / "eval", 20, 2, seed=1, no_positive=(), size=size)
+    write_split(root / "test", n_test_patients, 2, seed=2, size=size)
     return root
 
 

@@ -141,7 +141,8 @@ def referral_figure(results: Sequence[Dict], names: Sequence[str], path: Path) -
         if macro:
             xs, ys = zip(*macro)
             ax.plot(xs, ys, "-o", color="black", lw=2.2, label="macro")
-        ax.set(title=name, xlabel="% most uncertain referred", ylabel="AUROC on retained cases")
+        ax.set(title=name, xlabel="% most uncertain referred", ylabel="AUROC on retained cases",
+               xticks=[100 * f for f in res["referral"]["fractions"]])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     return _save(fig, path, "Uncertainty-based referral")
