@@ -108,16 +108,18 @@ def encode_file(path: str, image_size: Optional[int] = None) -> Tuple[bytes, str
     if not data:
         raise InputFileError(f"{path}: empty file")
     kind = file_kind(path, data[:132])
-    if kind in ("png", "jpeg") and image_size is None:
-        return data, kind
     try:
+        # Decoding PNG/JPEG too catches truncated files, colour photos and thumbnails here, with
+        # the file's name, rather than as an anonymous INVALID_ARGUMENT for the whole batch.
+        decoded = cxr_io.decode_image(data)
         if image_size is not None:
-            grey = cxr_io.prepare_image(data, int(image_size))
-        else:
-            grey = cxr_io.decode_image(data).pixels
+            grey, _ = cxr_io.resize_to_square(decoded.pixels, int(image_size))
+            return features.encode_png(grey), kind
     except cxr_io.InputError as e:
         raise InputFileError(f"{path}: {e}") from None
-    return features.encode_png(grey), kind
+    if kind in ("png", "jpeg"):
+        return data, kind  # sent as-is: the model decodes it with the training preprocessing
+    return features.encode_png(decoded.pixels), kind
 
 
 def image_example(encoded: bytes) -> bytes:

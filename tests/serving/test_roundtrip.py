@@ -220,3 +220,23 @@ def test_cli_bad_file_exit_code(images, capsys):
     assert client.main(["--server", "127.0.0.1:9", images["not_image"]]) == 2
     assert "notes.png" in capsys.readouterr().err
     assert client.main(["--server", "127.0.0.1:9", "/no/such/file.png"]) == 2
+
+
+def test_client_names_file_for_truncated_or_colour_images(tmp_path, images):
+    from PIL import Image
+
+    whole = Path(images["mid"]).read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[..., 0] = 255
+    Image.fromarray(rgb, mode="RGB").save(tmp_path / "red.png")
+    with pytest.raises(client.InputFileError, match=r"cut\.png: .*truncated"):
+        client.encode_file(str(tmp_path / "cut.png"))
+    with pytest.raises(client.InputFileError, match=r"red\.png: colour image"):
+        client.encode_file(str(tmp_path / "red.png"))
+    # A good PNG is sent byte for byte; with image_size it is the ingestion's stored image.
+    assert client.encode_file(images["mid"]) == (whole, "png")
+    from cxr_tfp.io import prepare_image
+
+    resized, _ = client.encode_file(images["mid"], image_size=16)
+    assert resized == features.encode_png(prepare_image(images["mid"], 16))
