@@ -1,0 +1,81 @@
+"""SavedModel export: both signatures, equality with the Keras model, assets, warm-up requests."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cxr_tfp import features as F
+from cxr_tfp.config import TrainConfig
+from cxr_tfp.export import WARMUP_FILE, export_saved_model, read_labels, read_thresholds, sample_inputs
+from cxr_tfp.labels import FINDINGS
+from cxr_tfp.model import build_model
+from cxr_tfp.preprocess import decode_image
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cfg = TrainConfig(backbone="tiny", image_size=32, findings=["Mass", "Effusion", "Hernia"],
+                      latent_dim=4, hidden_dim=8, num_samples=6, seed=2)
+    model = build_model(cfg)
+    model.thresholds = {"Mass": 0.2, "Effusion": 0.7}
+    d = str(tmp_path_factory.mktemp("export") / "sm")
+    assert export_saved_model(model, d) == d
+    return model, d, tf.saved_model.load(d)
+
+
+def test_signatures_match_the_keras_model(exported):
+    model, _, loaded = exported
+    pngs, examples = sample_inputs(48, 3)          # stored at 48 px: the signature resizes to 32
+    ex = loaded.signatures[F.SERVING_SIGNATURE](**{F.EXAMPLES_INPUT: tf.constant(examples)})
+    im = loaded.signatures[F.IMAGE_SIGNATURE](**{F.IMAGES_INPUT: tf.constant(pngs)})
+    ref = model.predict_with_uncertainty(np.stack([decode_image(p, 32).numpy() for p in pngs]))
+    for key in (F.PROBABILITIES, F.UNCERTAINTY):
+        assert ex[key].shape == (3, 3) and ex[key].dtype == tf.float32
+        np.testing.assert_allclose(ex[key].numpy(), ref[key], atol=1e-6)
+        np.testing.assert_allclose(im[key].numpy(), ref[key], atol=1e-6)
+    assert set(im) == {F.PROBABILITIES, F.UNCERTAINTY}
+    full = ex[F.PROBABILITIES_FULL].numpy()
+    assert full.shape == (3, len(FINDINGS))
+    for j, name in enumerate(model.findings):
+        np.testing.assert_allclose(full[:, FINDINGS.index(name)], ex[F.PROBABILITIES].numpy()[:, j])
+    others = [i for i, n in enumerate(FINDINGS) if n not in model.findings]
+    assert np.all(full[:, others] == 0)
+    again = loaded.signatures[F.SERVING_SIGNATURE](**{F.EXAMPLES_INPUT: tf.constant(examples)})
+    np.testing.assert_array_equal(again[F.PROBABILITIES].numpy(), ex[F.PROBABILITIES].numpy())
+
+
+def test_examples_with_only_an_image_are_accepted(exported):
+    _, _, loaded = exported
+    png = sample_inputs(32, 1)[0][0]
+    ex = tf.train.Example(features=tf.train.Features(feature={
+        F.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[png]))}))
+    out = loaded.signatures[F.SERVING_SIGNATURE](**{F.EXAMPLES_INPUT: tf.constant([ex.SerializeToString()])})
+    assert out[F.PROBABILITIES].shape == (1, 3)
+
+
+def test_assets_travel_with_the_model(exported):
+    model, d, _ = exported
+    assert read_labels(d) == model.findings
+    thr = read_thresholds(d)
+    assert thr == {"Mass": pytest.approx(0.2), "Effusion": pytest.approx(0.7), "Hernia": 0.5}
+    assert os.path.exists(os.path.join(d, "assets", F.LABELS_ASSET))
+
+
+def test_warmup_requests_cover_both_signatures(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    _, d, loaded = exported
+    logs = []
+    for rec in tf.data.TFRecordDataset(os.path.join(d, WARMUP_FILE)):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(rec.numpy())
+        logs.append(log.predict_log.request)
+    assert {r.model_spec.signature_name for r in logs} == {F.SERVING_SIGNATURE, F.IMAGE_SIGNATURE}
+    for req in logs:
+        (key, proto), = req.inputs.items()
+        assert key == {F.SERVING_SIGNATURE: F.EXAMPLES_INPUT, F.IMAGE_SIGNATURE: F.IMAGES_INPUT}[
+            req.model_spec.signature_name]
+        out = loaded.signatures[req.model_spec.signature_name](**{key: tf.make_ndarray(proto)})
+        assert np.all(np.isfinite(out[F.PROBABILITIES].numpy()))
