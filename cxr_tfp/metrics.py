@@ -64,7 +64,7 @@ def _tie_groups(s_sorted: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- ranking
 def _weighted_auroc(y: np.ndarray, s: np.ndarray, w: np.ndarray,
-                    cols: Optional[np.ndarray] = None, chunk: int = 64) -> np.ndarray:
+                    cols: Optional[np.ndarray] = None, chunk: Optional[int] = None) -> np.ndarray:
     """AUROC (Mann-Whitney, ties count 1/2) for each row of weights ``w`` [R, M]; NaN where undefined.
 
     ``cols`` picks, for each of the N cases, its weight column (default: column i for case i), so one
@@ -80,6 +80,7 @@ def _weighted_auroc(y: np.ndarray, s: np.ndarray, w: np.ndarray,
     out = np.full(w.shape[0], np.nan)
     if starts.size == 0:
         return out
+    chunk = chunk or max(1, int(4_000_000 // max(y.size, 1)))   # ~32 MB per temporary array
     for r0 in range(0, w.shape[0], chunk):
         wc = w[r0:r0 + chunk][:, col_order].astype(np.float64)
         pos_w = np.add.reduceat(wc * y_sorted, starts, axis=1)          # positive weight per tie group
