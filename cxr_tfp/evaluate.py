@@ -200,6 +200,25 @@ def _resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
     return tf.image.resize(maps[..., None], [size, size]).numpy()[..., 0]
 
 
+def _where(files: Sequence[str]) -> str:
+    return files[0] if len(files) == 1 else f"{len(files)} files in {Path(files[0]).parent}"
+
+
+def _batches(ds, files: Sequence[str]):
+    """Iterate a dataset, turning unreadable files (not GZIP TFRecords) into an error naming them."""
+    import tensorflow as tf
+
+    it = iter(ds)
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            raise ValueError(f"{_where(files)}: not readable as GZIP TFRecords: "
+                             f"{e.message.splitlines()[0]}") from None
+
+
 def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32, saliency: bool = True,
             max_saliency: Optional[int] = None, n_examples: int = 6, gaze_level: float = 0.5,
             top_k: float = 0.1, progress_every: int = 20) -> Predictions:
@@ -224,8 +243,12 @@ def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32
     filler_examples: List[SaliencyExample] = []
     n_sal = 0
     t0 = time.time()
-    for b, serialized in enumerate(ds):
-        x, y, meta = parse_batch(serialized, size, findings, with_meta=True)
+    for b, serialized in enumerate(_batches(ds, files)):
+        try:
+            x, y, meta = parse_batch(serialized, size, findings, with_meta=True)
+        except tf.errors.InvalidArgumentError as e:
+            raise ValueError(f"{_where(files)}: records do not follow the cxr_tfp tf.Example contract "
+                             f"(batch {b}): {e.message.splitlines()[0]}") from None
         images = x["image"].numpy()
         probs, unc = adapter.predict(serialized, images)
         probs, unc = np.asarray(probs, np.float64), np.asarray(unc, np.float64)

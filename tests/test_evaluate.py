@@ -281,3 +281,19 @@ def test_trained_cli_stage1_vs_stage2_on_test(trained, tmp_path):
     report = (out / "report.md").read_text()
     for name in _linked_images(report):
         assert (out / name).is_file(), name
+
+
+def test_bad_records_name_the_file(tmp_path):
+    import tensorflow as tf
+
+    bad = tmp_path / "bad" / "test"
+    bad.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(bad / "x.tfrecord.gz"), options="GZIP") as w:
+        ex = tf.train.Example(features=tf.train.Features(feature={
+            "labels": tf.train.Feature(float_list=tf.train.FloatList(value=[1.0]))}))
+        w.write(ex.SerializeToString())
+    with pytest.raises(ValueError, match=r"x\.tfrecord\.gz.*contract"):
+        E.collect(StubAdapter("s"), E.split_files(str(tmp_path / "bad"), "test"))
+    (bad / "x.tfrecord.gz").write_bytes(b"not a tfrecord at all")
+    with pytest.raises(ValueError, match=r"x\.tfrecord\.gz.*not readable"):
+        E.collect(StubAdapter("s"), E.split_files(str(tmp_path / "bad"), "test"))
