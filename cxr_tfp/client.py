@@ -448,7 +448,7 @@ def format_table(results: Sequence[dict]) -> str:
         head += f", signature {r['signature']})"
         lines.append(head)
         width = max([len("finding")] + [len(f["finding"]) for f in r["findings"]])
-        lines.append(f"  {'finding':<{width}}  {'prob':>6}  {'± unc':>6}  {'thresh':>6}  call")
+        lines.append(f"  {'finding':<{width}}  {'prob':>6}  {'uncert':>6}  {'thresh':>6}  call")
         lines.append("  " + "-" * (width + 34))
         for f in sorted(r["findings"], key=lambda f: -f["probability"]):
             call = "ABOVE" if f["above_threshold"] else "below"

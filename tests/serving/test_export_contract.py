@@ -150,3 +150,11 @@ def test_client_round_trip_on_real_export(export_server, export_base, labels, sh
                                        [f["uncertainty"] for f in l["findings"]], atol=1e-5)
     table = client.format_table(remote)
     assert all(Path(f).name in table for f in files) and labels[0] in table
+
+
+def test_empty_batch_is_rejected_in_process(loaded):
+    # Under TF Serving the model itself must refuse an empty batch (the stand-in also checks first).
+    for sig, key in ((features.IMAGE_SIGNATURE, features.IMAGES_INPUT),
+                     (features.SERVING_SIGNATURE, features.EXAMPLES_INPUT)):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            loaded.signatures[sig](**{key: tf.constant([], tf.string)})

@@ -43,6 +43,9 @@ def build(version_dir: str, warmup_requests=None) -> str:
             self.b = tf.Variable(BIASES)
 
         def _head(self, encoded):
+            # Reject an empty batch inside the graph too, so a real tensorflow_model_server (which
+            # does not check batch sizes) also answers INVALID_ARGUMENT with a clear message.
+            tf.debugging.assert_positive(tf.size(encoded), message="empty batch: send at least one")
             x = tf.map_fn(lambda e: decode_image(e, SIZE), encoded,
                           fn_output_signature=tf.TensorSpec([SIZE, SIZE, 1], tf.float32))
             m = tf.reduce_mean(x, axis=[1, 2, 3])
