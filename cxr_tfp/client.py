@@ -320,7 +320,10 @@ def make_channel(server: str):
 
     return grpc.insecure_channel(server, options=[
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # Reconnect quickly so our UNAVAILABLE retries can reach a server that just (re)started.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000)])
 
 
 class PredictClient:

@@ -240,3 +240,24 @@ def test_client_names_file_for_truncated_or_colour_images(tmp_path, images):
 
     resized, _ = client.encode_file(images["mid"], image_size=16)
     assert resized == features.encode_png(prepare_image(images["mid"], 16))
+
+
+def test_concurrent_clients_get_their_own_answers(grpc_server, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, address = grpc_server
+    order = ["white", "black", "mid", "white_jpeg"] * 3
+
+    def one(name):
+        (r,) = client.predict_files(address, [images[name]], labels=list(tiny_model.LABELS),
+                                    thresholds=tiny_model.THRESHOLDS)
+        return name, _by_name(r)["Atelectasis"]["probability"]
+
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(one, order))
+    by = {}
+    for name, p in got:
+        by.setdefault(name, set()).add(round(p, 6))
+    assert all(len(v) == 1 for v in by.values()), by   # no cross-talk between requests
+    assert by["white"] == by["white_jpeg"]
+    assert next(iter(by["black"])) < next(iter(by["mid"])) < next(iter(by["white"]))
