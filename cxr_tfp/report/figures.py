@@ -68,7 +68,7 @@ def roc_figure(preds: Sequence, names: Sequence[str], findings: Sequence[str], p
             y, p = _known(pred, pred.findings.index(f))
             reason = _undefined_reason(y)
             if reason:
-                _note(ax, f"{name}: {reason}", 0.5 - 0.1 * k)
+                _note(ax, f"{name}:\n{reason}", 0.5 - 0.15 * k)
                 continue
             fpr, tpr, _ = M.roc_curve(y, p)
             ax.plot(fpr, tpr, color=COLORS[k % len(COLORS)], lw=1.6, label=f"{name} {M.auroc(y, p):.3f}")
@@ -86,7 +86,7 @@ def pr_figure(preds: Sequence, names: Sequence[str], findings: Sequence[str], pa
         for k, (pred, name) in enumerate(zip(preds, names)):
             y, p = _known(pred, pred.findings.index(f))
             if y.sum() == 0:
-                _note(ax, f"{name}: {_undefined_reason(y)}", 0.5 - 0.1 * k)
+                _note(ax, f"{name}:\n{_undefined_reason(y)}", 0.5 - 0.15 * k)
                 continue
             prec, rec, _ = M.precision_recall_curve(y, p)
             ax.step(np.r_[0.0, rec], np.r_[prec[0], prec], where="post", color=COLORS[k % len(COLORS)],
@@ -95,7 +95,7 @@ def pr_figure(preds: Sequence, names: Sequence[str], findings: Sequence[str], pa
                 ax.axhline(y.mean(), ls=":", color="0.6", lw=1)
         ax.set(title=f, xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.02))
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper right", fontsize=7, title="AP", title_fontsize=7)
+            ax.legend(loc="lower left", fontsize=7, title="AP", title_fontsize=7)
     return _save(fig, path, "Precision-recall curves per finding (dotted: prevalence)")
 
 
@@ -205,16 +205,18 @@ def agreement_figure(results: Sequence[Dict], names: Sequence[str], path: Path) 
                 rows.append((f"{name}\n{kind} (n={a['n']})", a["pointing_hit_rate"], a["topk_precision"], a["topk_chance"]))
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(rows)), 3.8))
+    fig, ax = plt.subplots(figsize=(max(6.5, 2.2 * len(rows)), 4.2))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r[1] for r in rows], 0.4, label="pointing-game hit rate", color=COLORS[0])
-    ax.bar(x + 0.2, [r[2] for r in rows], 0.4, label=f"top-{results[0]['saliency']['k'] * 100:g}% saliency inside",
-           color=COLORS[2])
+    b1 = ax.bar(x - 0.2, [r[1] for r in rows], 0.4, label="pointing-game hit rate", color=COLORS[0])
+    b2 = ax.bar(x + 0.2, [r[2] for r in rows], 0.4, label=f"top-{results[0]['saliency']['k'] * 100:g}% saliency inside region",
+                color=COLORS[2])
+    for bars in (b1, b2):
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     ax.scatter(x + 0.2, [r[3] for r in rows], marker="_", s=400, color="black", zorder=3,
                label="chance (region's share of image)")
     ax.set_xticks(x, [r[0] for r in rows], fontsize=8)
-    ax.set(ylim=(0, 1.25), ylabel="fraction", yticks=np.linspace(0, 1, 6))
-    ax.legend(fontsize=7, loc="upper center", ncol=3, frameon=False)
+    ax.set(ylim=(0, 1.45), ylabel="fraction", yticks=np.linspace(0, 1, 6))
+    ax.legend(fontsize=7, loc="upper left", ncol=1, frameon=False)
     return _save(fig, path, "Saliency agreement with expert annotations")
 
 
