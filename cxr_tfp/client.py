@@ -21,10 +21,11 @@ Each result is ``{"file", "model", "version", "signature", "findings": [{"findin
 
 Finding names and operating thresholds are not part of a Predict response (TF Serving's metadata
 API exposes signature shapes only), so they come, in order of preference, from string / float
-outputs ``LABEL_NAMES_OUTPUT`` / ``THRESHOLDS_OUTPUT`` when the export provides them, from a local
-copy of the SavedModel (``model_dir``: ``assets/labels.txt`` and ``assets/thresholds.json``), from
-explicit ``labels`` / ``thresholds`` arguments, and finally ``finding_<i>`` with threshold 0.5
-(flagged by ``threshold_source`` so nobody mistakes it for the model's operating point).
+outputs ``LABEL_NAMES_OUTPUT`` / ``THRESHOLDS_OUTPUT`` if the export ever provides them (it does
+not today), from explicit ``labels`` / ``thresholds`` arguments, from a local copy of the SavedModel
+(``model_dir``: ``assets/labels.txt`` and ``assets/thresholds.json``), and finally ``finding_<i>``
+with threshold 0.5 (flagged by ``threshold_source`` so nobody mistakes it for the model's
+operating point).
 """
 from __future__ import annotations
 
