@@ -115,10 +115,12 @@ def render(result: Dict) -> str:
             row.append(fmt(_referral_at(m, refer)))
         rows.append(row)
     L += _table(header, rows)
+    L += ["Macro AUROC, AP, ECE, sensitivity and specificity each average the findings where that value is "
+          "defined; micro AUROC pools all known (image, finding) pairs.", ""]
     for m in models:
         undefined = [f for f, pf in m["per_finding"].items() if pf["auroc"] is None]
         if undefined:
-            L.append(f"Macro values of {m['name']} average the {m['macro']['findings_defined']} findings whose "
+            L.append(f"Macro AUROC of {m['name']} averages the {m['macro']['findings_defined']} findings whose "
                      f"AUROC is defined; left out: " + ", ".join(f"{f} ({_why(m['per_finding'][f])[5:-1]})" for f in undefined) + ".")
             L.append("")
     c = result.get("comparison")
