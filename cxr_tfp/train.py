@@ -155,7 +155,10 @@ def cache_stage2_features(model, cfg: TrainConfig, files: Sequence[str]) -> Dict
     import keras
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    size = cfg.image_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32),
+                                  tf.TensorSpec([None, size, size, 2], tf.float32)])
     def compute(image, annotation):
         return model.features(image, training=False), model.annotation_grid(annotation)
 
@@ -267,8 +270,8 @@ def restore_checkpoint(model, ckpt_dir: str) -> int:
     info = _read_json(os.path.join(ckpt_dir, "checkpoint.json"), None)
     if not info:
         return 0
+    model.optimizer.build(model.trainable_variables)   # before load: the file holds optimizer slots too
     model.load_weights(os.path.join(ckpt_dir, "latest.weights.h5"))
-    model.optimizer.build(model.trainable_variables)
     with np.load(os.path.join(ckpt_dir, "optimizer.npz")) as z:
         values = [z[f"arr_{i}"] for i in range(len(z.files))]
     if len(values) != len(model.optimizer.variables):
@@ -377,7 +380,7 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
             print(f"[train] {key}: epochs {done + 1}..{epochs} "
                   f"({'resumed' if done else 'from the start'})", file=sys.stderr)
             t0 = time.perf_counter()
-            model.fit(dataset_fn(), epochs=epochs, initial_epoch=done, verbose=cfg.verbose,
+            model.fit(dataset_fn(), epochs=epochs, initial_epoch=done, verbose=cfg.verbose, shuffle=False,
                       callbacks=_callbacks(model, cfg, stage, out_dir, ckpt_dir, budget))
             train_seconds = time.perf_counter() - t0
         else:

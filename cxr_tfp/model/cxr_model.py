@@ -34,6 +34,22 @@ def scale_loss_for_distribution(loss):
     return loss / float(n) if n > 1 else loss
 
 
+def _replica_info():
+    """``(replica_id, num_replicas)`` inside a tf.distribute replica context, else ``(0, 1)``."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return 0, 1
+    return ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+
+
+def _global_sum(x):
+    """Sum of ``x`` over all replicas (identity without a strategy)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_reduce("sum", x)
+
+
 def prediction_noise(num_samples: int, latent_dim: int, seed: int) -> np.ndarray:
     """Fixed standard-normal noise ``[S, D]`` used for every prediction (deterministic for a seed)."""
     return np.random.default_rng(seed + 7919).standard_normal((num_samples, latent_dim)).astype(np.float32)
@@ -194,7 +210,11 @@ class CxrModel(keras.Model):
             pw = tf.constant(self.pos_weight, tf.float32)
             ce = ce * (labels * pw + (1.0 - labels))
         m = mask[None] * tf.ones_like(ce)
-        return tf.reduce_sum(ce * m) / tf.maximum(tf.reduce_sum(m), 1.0)
+        # Normalise by the GLOBAL count of known labels, so that the replicas' gradients (summed by
+        # the optimizer after scale_loss_for_distribution) equal single-device training exactly.
+        _, n = _replica_info()
+        total = _global_sum(tf.reduce_sum(m))
+        return tf.reduce_sum(ce * m) / tf.maximum(total, 1.0) * float(n)
 
     def compute_losses(self, x, y, training: bool = True):
         """``(loss, bce, kl)`` for a batch; ``x`` carries images or cached features (stage 2)."""
@@ -209,8 +229,12 @@ class CxrModel(keras.Model):
         mu_p, logvar_p = self.head.prior(fmap)
         b = tf.shape(mu_p)[0]
         it = tf.cast(self.optimizer.iterations, tf.int32) if self.optimizer is not None else 0
-        noise = tf.random.stateless_normal([self.train_samples, b, self.latent_dim],
+        # Noise for the GLOBAL batch, sliced to this replica's rows: with a distribute strategy
+        # each example gets the same draw as in single-device training (stateless, seeded by step).
+        rid, n = _replica_info()
+        noise = tf.random.stateless_normal([self.train_samples, b * n, self.latent_dim],
                                            seed=tf.stack([tf.constant(self.seed, tf.int32), it]))
+        noise = noise[:, rid * b:(rid + 1) * b]
         if self.stage == 1:
             mu, logvar = mu_p, logvar_p
             # Stage-1 regulariser KL(p(z|x) || N(0, I)): keeps the prior's spread meaningful
