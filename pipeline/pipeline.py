@@ -42,7 +42,7 @@ def eval_config(findings: Sequence[str], lower_bound: float, max_drop: float,
     ``FINDINGS``; each predicted finding is a class id of that vector. Two metrics specs keep the
     thresholds on the macro average only (TFMA applies a spec's thresholds to every sub key, so
     per-finding AUCs, noisy on small test sets, live in a spec without thresholds). The macro spec
-    names its classes through ``class_weights`` (equal weights).
+    names its classes through ``class_weights`` (equal weights). Thresholds gate the overall slice.
     """
     class_ids = indices(findings)
     threshold = tfma.MetricThreshold(
@@ -50,7 +50,11 @@ def eval_config(findings: Sequence[str], lower_bound: float, max_drop: float,
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_drop}))
     macro = tfma.MetricsSpec(
-        metrics=[tfma.MetricConfig(class_name="AUC", config=_AUC_CONFIG, threshold=threshold)],
+        metrics=[tfma.MetricConfig(
+            class_name="AUC", config=_AUC_CONFIG,
+            # Gate on the overall slice only: small slices (a rare view) are reported, not gated.
+            per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                slicing_specs=[tfma.SlicingSpec()], threshold=threshold)])],
         aggregate=tfma.AggregationOptions(macro_average=True,
                                           class_weights={c: 1.0 for c in class_ids}))
     per_finding = tfma.MetricsSpec(
@@ -69,12 +73,14 @@ def eval_config(findings: Sequence[str], lower_bound: float, max_drop: float,
 def create_pipeline(settings: configs.PipelineSettings, *,
                     train_config: Optional[Dict[str, Any]] = None,
                     schema_file: Optional[str] = None,
-                    beam_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
+                    beam_args: Optional[List[str]] = None,
+                    local_metadata: bool = True) -> tfx.dsl.Pipeline:
     """Build the pipeline from ``settings``.
 
     ``train_config`` (a ``TrainConfig`` dict) defaults to the settings' config file + overrides;
     ``schema_file`` defaults to the committed curated schema (the Kubeflow runner passes the path
-    inside the image).
+    inside the image). ``local_metadata=False`` leaves the ML Metadata connection to the
+    orchestrator (Kubeflow / Vertex run their own store).
     """
     if train_config is None:
         train_config = settings.train_config_dict()
@@ -134,6 +140,7 @@ def create_pipeline(settings: configs.PipelineSettings, *,
         components=[example_gen, statistics_gen, schema_gen, example_validator, gate, trainer,
                     resolver, evaluator, pusher],
         enable_cache=settings.enable_cache,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            settings.resolved_metadata_path),
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                settings.resolved_metadata_path) if local_metadata else None),
         beam_pipeline_args=list(settings.beam_args if beam_args is None else beam_args))

@@ -1,0 +1,247 @@
+"""The main job, end to end (``make demo``):
+
+1. generate the embedded synthetic chest X-ray dataset and build TFRecords with Beam,
+2. run the whole TFX pipeline locally (validate, train in two stages, evaluate, push),
+3. report the evaluation (blessing, macro / per-finding AUROC by slice),
+4. check the pushed SavedModel in TF Serving's ``<model>/<version>/`` layout,
+5. serve it (the project's gRPC stand-in for TF Serving) and send one prediction through the
+   serving client, printing the findings table.
+
+    python -m pipeline.demo --out demo_out [--patients 200] [--config configs/smoke.yaml]
+
+Every output lands under ``--out``; the last lines say where.
+"""
+from __future__ import annotations
+
+import argparse
+import logging as pylogging
+import os
+import sys
+import time
+from typing import List, Optional
+
+import pipeline  # noqa: F401  (pins Keras 3 before tfx is imported)
+from pipeline import configs
+
+DEFAULT_PATIENTS = 200
+DEFAULT_IMAGE_SIZE = 64
+
+
+class _Stages:
+    """Numbered stage headers with elapsed times."""
+
+    def __init__(self, total: int):
+        self.total, self.n, self.t0 = total, 0, time.monotonic()
+        self._start = self.t0
+
+    def begin(self, title: str) -> None:
+        self.n += 1
+        self._start = time.monotonic()
+        print(f"\n=== [{self.n}/{self.total}] {title}", flush=True)
+
+    def end(self, note: str = "") -> None:
+        took = time.monotonic() - self._start
+        print(f"--- [{self.n}/{self.total}] done in {took:.1f} s"
+              f" (total {time.monotonic() - self.t0:.1f} s){'  ' + note if note else ''}", flush=True)
+
+
+class _ComponentProgress(pylogging.Handler):
+    """Turns LocalDagRunner's log into one line per component start / finish / cache hit."""
+
+    def __init__(self):
+        super().__init__(pylogging.INFO)
+        self.started = {}
+
+    def emit(self, record: pylogging.LogRecord) -> None:
+        msg = record.getMessage()
+        now = time.monotonic()
+        if msg.startswith("Component ") and msg.endswith(" is running."):
+            name = msg[len("Component "):-len(" is running.")]
+            self.started[name] = now
+            print(f"    > {name} ...", flush=True)
+        elif msg.startswith("Component ") and msg.endswith(" is finished."):
+            name = msg[len("Component "):-len(" is finished.")]
+            took = now - self.started.get(name, now)
+            print(f"    < {name} finished ({took:.1f} s)", flush=True)
+        elif msg.startswith("A cached execution"):
+            print(f"    = {msg} (TFX cache)", flush=True)
+        elif record.levelno >= pylogging.ERROR:
+            print(f"    ! {msg.splitlines()[0] if msg else record.levelname}", flush=True)
+
+
+def _route_tfx_logs(log_path: str) -> None:
+    """Full absl/TFX log to ``log_path``; the console gets one line per component."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logger = pylogging.getLogger("absl")
+    # absl's own stderr handler would print every proto TFX logs: keep it for warnings and up only.
+    absl_logging.get_absl_handler().setLevel(pylogging.ERROR + 10)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    fh = pylogging.FileHandler(log_path, mode="w")
+    fh.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(fh)
+    logger.addHandler(_ComponentProgress())
+    logger.setLevel(pylogging.INFO)
+
+
+def _sample_test_image(tfrecords: str, out_dir: str, findings) -> tuple:
+    """Write the first test example's image as PNG; return (path, its known positive findings)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from cxr_tfp import features as F
+    from cxr_tfp.input import list_files
+    from cxr_tfp.labels import indices
+
+    files = list_files(os.path.join(tfrecords, configs.EVALUATOR_SPLIT))
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    cols = indices(findings)
+    chosen = None
+    for raw in ds.take(64):
+        ex = F.parse_examples(tf.expand_dims(raw, 0))
+        labels = ex[F.LABELS].numpy()[0]
+        chosen = (ex[F.IMAGE].numpy()[0], labels)
+        if labels[cols].sum() > 0:  # prefer an image with at least one finding
+            break
+    if chosen is None:
+        raise FileNotFoundError(f"no test examples under {tfrecords}")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "test_example.png")
+    with open(path, "wb") as fh:
+        fh.write(chosen[0])
+    positives = [f for f, c in zip(findings, cols) if chosen[1][c] > 0.5]
+    return path, positives, np.asarray(chosen[1])
+
+
+def _predict(push_base: str, model_name: str, files: List[str]) -> tuple:
+    """Predict through the gRPC stand-in + real client; in-process fallback if it is missing."""
+    from cxr_tfp import client
+
+    try:
+        from cxr_tfp.serving_standin import start_server
+    except ImportError as exc:  # pragma: no cover - only when the stand-in is absent
+        print(f"    (gRPC stand-in unavailable: {exc}; predicting in-process with "
+              f"predict_files_local instead)")
+        return client.predict_files_local(push_base, files), "in-process (predict_files_local)"
+    with start_server(push_base, model_name=model_name) as server:
+        print(f"    stand-in TF Serving PredictionService for {model_name!r} on {server.address} "
+              f"(model base path {push_base})", flush=True)
+        results = client.predict_files(server.address, files, model=model_name,
+                                       model_dir=push_base)
+        return results, f"gRPC Predict via cxr_tfp.client -> {server.address}"
+
+
+def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAULT_IMAGE_SIZE,
+             train_config: Optional[str] = None, workers: int = 2) -> int:
+    """Run the five stages; returns a process exit code (0 = pushed and predicted)."""
+    out = os.path.abspath(out)
+    raw = os.path.join(out, "raw_synthetic")
+    tfrecords = os.path.join(out, "tfrecords")
+    settings = configs.PipelineSettings(
+        output_root=os.path.join(out, "tfx"), data_root=tfrecords,
+        serving_root=os.path.join(out, "serving"),
+        train_config_path=train_config or configs.DEFAULT_TRAIN_CONFIG,
+        train_overrides={"image_size": image_size, "verbose": 2})
+    log_path = os.path.join(out, "logs", "pipeline.log")
+    stages = _Stages(5)
+    print(f"cxr-tfp demo: everything goes under {out}")
+
+    # 1 ---------------------------------------------------------------------------------------
+    stages.begin(f"Synthetic dataset ({patients} patients) -> TFRecords with Apache Beam")
+    from cxr_tfp.data.build import build
+
+    summary = build("synthetic", raw, tfrecords, image_size=image_size, workers=workers,
+                    synthetic_patients=patients)
+    wp = summary["written_per_split"]
+    stages.end(f"train {wp['train']}, eval {wp['eval']}, test {wp['test']} examples")
+
+    # 2 ---------------------------------------------------------------------------------------
+    stages.begin("TFX pipeline (LocalDagRunner): ExampleGen -> StatisticsGen -> SchemaGen -> "
+                 "ExampleValidator -> AnomaliesGate -> Trainer -> Resolver -> Evaluator -> Pusher")
+    for line in configs.summary_lines(settings):
+        print(f"    {line}")
+    print(f"    full log        : {log_path}", flush=True)
+    _route_tfx_logs(log_path)
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import create_pipeline
+    from pipeline import run_report as R
+
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(settings))
+    run = R.latest_run(settings.resolved_metadata_path)
+    stages.end(", ".join(f"{k} {v}" for k, v in run.states.items()))
+
+    # 3 ---------------------------------------------------------------------------------------
+    stages.begin("Evaluation (TFMA on the test split) and blessing")
+    findings = settings.findings()
+    evaluation = run.uri("Evaluator", "evaluation")
+    print(R.metrics_table(R.read_metrics(evaluation), findings))
+    failures = R.validation_failures(evaluation)
+    print(f"    blessed: {run.blessed}" + ("" if run.blessed else "  (failed thresholds below)"))
+    for line in failures:
+        print(f"      - {line}")
+    print(f"    TFMA output: {evaluation}")
+    stages.end()
+
+    # 4 ---------------------------------------------------------------------------------------
+    stages.begin("Push (TF Serving layout <base>/<model>/<version>/)")
+    versions = R.pushed_versions(settings.push_base)
+    if not run.pushed:
+        print(f"    the candidate was NOT pushed (not blessed); versions already there: {versions}")
+    if not versions:
+        print("    nothing to serve: no pushed version exists. See the failed thresholds above.")
+        return 1
+    version_dir = os.path.join(settings.push_base, versions[-1])
+    sigs = R.check_pushed_model(version_dir)
+    print(f"    pushed model: {version_dir}")
+    for name, keys in sigs.items():
+        print(f"      signature {name}: outputs {', '.join(keys)}")
+    stages.end()
+
+    # 5 ---------------------------------------------------------------------------------------
+    stages.begin("Serve the pushed model and predict one test image through the serving client")
+    image, positives, _ = _sample_test_image(tfrecords, os.path.join(out, "sample"), findings)
+    results, how = _predict(settings.push_base, settings.model_name, [image])
+    from cxr_tfp.client import format_table
+
+    print(f"    request: {how}")
+    print(f"    true findings of this test image: {', '.join(positives) or 'none'}\n")
+    print(format_table(results))
+    stages.end()
+
+    print("\nWhere everything is:")
+    rows = [
+        ("synthetic source images", raw),
+        ("TFRecords (train/eval/test)", tfrecords),
+        ("TFX artifacts (pipeline root)", settings.resolved_pipeline_root),
+        ("ML Metadata (SQLite)", settings.resolved_metadata_path),
+        ("trained model (Trainer)", run.uri("Trainer", "model") or "(cached, see pipeline root)"),
+        ("TFMA evaluation", evaluation),
+        ("served model (TF Serving base path)", settings.push_base),
+        ("predicted image", image),
+        ("pipeline log", log_path),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    print("\nServe it with TF Serving: tensorflow_model_server --port=8500 "
+          f"--model_name={settings.model_name} --model_base_path={settings.push_base}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--patients", type=int, default=DEFAULT_PATIENTS,
+                   help=f"synthetic patients, 2 images each (default {DEFAULT_PATIENTS})")
+    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    p.add_argument("--config", default=None, help="training config (default configs/smoke.yaml)")
+    p.add_argument("--workers", type=int, default=2, help="Beam workers for the TFRecord build")
+    a = p.parse_args(argv)
+    return run_demo(a.out, a.patients, a.image_size, a.config, a.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

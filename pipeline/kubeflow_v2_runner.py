@@ -1,0 +1,48 @@
+"""Compile the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (KubeflowV2DagRunner).
+
+    CXR_TFP_OUTPUT_ROOT=gs://BUCKET/cxr-tfp CXR_TFP_DATA_ROOT=gs://BUCKET/tfrecords \
+        python pipeline/kubeflow_v2_runner.py            # writes cxr-tfp_pipeline.json
+
+Every component runs in the project image (``configs.PIPELINE_IMAGE``, built from the repo's
+Dockerfile). See pipeline/README.md for submitting the spec to a KFP v2 cluster or to Vertex.
+"""
+import os
+import sys
+from typing import Optional
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path[:1] != [_REPO]:
+    sys.path.insert(0, _REPO)
+
+from pipeline import configs  # noqa: E402
+from pipeline.pipeline import create_pipeline  # noqa: E402
+
+# Where the Dockerfile puts the repo (WORKDIR /pipeline): the curated schema's path in the image.
+IMAGE_REPO_ROOT = "/pipeline"
+IMAGE_SCHEMA_FILE = f"{IMAGE_REPO_ROOT}/pipeline/schema/schema.pbtxt"
+# Beam inside one container: use its cores.
+KUBEFLOW_BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+
+
+def spec_filename(settings: configs.PipelineSettings) -> str:
+    return f"{settings.pipeline_name}_pipeline.json"
+
+
+def compile_pipeline(settings: Optional[configs.PipelineSettings] = None,
+                     output_dir: str = ".", image: Optional[str] = None) -> str:
+    """Write the KFP v2 pipeline spec (JSON) and return its path."""
+    from tfx import v1 as tfx
+
+    settings = settings or configs.PipelineSettings.from_env()
+    pipeline = create_pipeline(settings, schema_file=IMAGE_SCHEMA_FILE,
+                               beam_args=KUBEFLOW_BEAM_ARGS, local_metadata=False)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image or configs.PIPELINE_IMAGE),
+        output_dir=output_dir, output_filename=spec_filename(settings))
+    runner.run(pipeline)
+    return os.path.join(output_dir, spec_filename(settings))
+
+
+if __name__ == "__main__":
+    print(compile_pipeline(output_dir=os.environ.get("CXR_TFP_SPEC_DIR", ".")))

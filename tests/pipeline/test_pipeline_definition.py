@@ -1,0 +1,178 @@
+"""The pipeline's structure, settings, TFMA config, curated schema, gate and Kubeflow spec (no runs)."""
+import json
+import os
+
+import pytest
+
+import pipeline  # noqa: F401  (Keras 3 pin before tfx)
+from cxr_tfp import features as F
+from cxr_tfp.config import load_config
+from cxr_tfp.labels import SYNTHETIC_FINDINGS, indices
+from pipeline import configs
+from pipeline import pipeline as P
+
+COMPONENT_IDS = [P.EXAMPLE_GEN, P.STATISTICS_GEN, P.SCHEMA_GEN, P.EXAMPLE_VALIDATOR,
+                 P.ANOMALIES_GATE, P.TRAINER, P.RESOLVER, P.EVALUATOR, P.PUSHER]
+
+
+@pytest.fixture()
+def settings(tmp_path):
+    return configs.PipelineSettings(output_root=str(tmp_path / "out"),
+                                    data_root=str(tmp_path / "data"))
+
+
+@pytest.fixture()
+def train_config():
+    return load_config(configs.DEFAULT_TRAIN_CONFIG, {"stage1_epochs": 1}).to_dict()
+
+
+def _by_id(pipe):
+    return {c.id: c for c in pipe.components}
+
+
+def test_dag_wiring_splits_and_settings(settings, train_config):
+    pipe = P.create_pipeline(settings, train_config=train_config)
+    comps = _by_id(pipe)
+    assert set(comps) == set(COMPONENT_IDS)
+    order = list(comps)  # TFX sorts topologically
+    assert order.index(P.EXAMPLE_VALIDATOR) < order.index(P.ANOMALIES_GATE) < order.index(P.TRAINER)
+    assert order.index(P.TRAINER) < order.index(P.EVALUATOR) < order.index(P.PUSHER)
+    assert order.index(P.RESOLVER) < order.index(P.EVALUATOR)
+    assert pipe.pipeline_info.pipeline_root == settings.resolved_pipeline_root
+    # Input splits: the data build's folders, one TFX split each.
+    splits = json.loads(comps[P.EXAMPLE_GEN].exec_properties["input_config"])["splits"]
+    assert [(s["name"], s["pattern"]) for s in splits] == [
+        ("train", "train/*"), ("eval", "eval/*"), ("test", "test/*")]
+    trainer = comps[P.TRAINER]
+    # Training cannot start before the anomalies gate passed.
+    assert P.ANOMALIES_GATE in {n.id for n in trainer.upstream_nodes}
+    assert trainer.exec_properties["run_fn"] == "pipeline.trainer_module.run_fn"
+    assert json.loads(trainer.exec_properties["train_args"])["splits"] == ["train"]
+    assert json.loads(trainer.exec_properties["eval_args"])["splits"] == ["eval"]
+    assert json.loads(trainer.exec_properties["custom_config"])["train_config"] == train_config
+    assert json.loads(comps[P.EVALUATOR].exec_properties["example_splits"]) == ["test"]
+    push = json.loads(comps[P.PUSHER].exec_properties["push_destination"])
+    assert push["filesystem"]["base_directory"] == settings.push_base
+    assert settings.push_base.endswith(os.path.join("serving", configs.SERVING_MODEL_NAME))
+    assert pipe.enable_cache is True
+
+
+def test_settings_from_env_and_unknown_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXR_TFP_DATA_ROOT", str(tmp_path / "d"))
+    monkeypatch.setenv("CXR_TFP_OUTPUT_ROOT", str(tmp_path / "o"))
+    monkeypatch.setenv("CXR_TFP_MACRO_AUC_LOWER_BOUND", "0.75")
+    s = configs.PipelineSettings.from_env(pipeline_name="other")
+    assert s.data_root == str(tmp_path / "d")
+    assert s.resolved_pipeline_root == str(tmp_path / "o" / "pipelines" / "other")
+    assert s.resolved_metadata_path == str(tmp_path / "o" / "metadata" / "other" / "metadata.db")
+    assert s.macro_auc_lower_bound == 0.75
+    with pytest.raises(AttributeError, match="no_such_setting"):
+        configs.PipelineSettings.from_env(no_such_setting=1)
+
+
+def test_eval_config_thresholds_only_on_macro_auc_overall():
+    from tensorflow_model_analysis.metrics import metric_specs
+
+    ec = P.eval_config(SYNTHETIC_FINDINGS, 0.65, 0.02)
+    spec = ec.model_specs[0]
+    assert (spec.label_key, spec.prediction_key, spec.signature_name) == (
+        F.LABELS, F.PROBABILITIES_FULL, F.SERVING_SIGNATURE)
+    thresholds = metric_specs.metric_thresholds_from_metrics_specs(ec.metrics_specs, ec)
+    assert len(thresholds) == 2  # the macro AUC value and its diff against the baseline
+    for key, entries in thresholds.items():
+        assert key.name == "auc" and key.aggregation_type.macro_average and key.sub_key is None
+        (slice_spec, threshold), = entries
+        assert not slice_spec.feature_keys  # the overall slice
+        if key.is_diff:
+            assert threshold.absolute.value == pytest.approx(-0.02)
+        else:
+            assert threshold.lower_bound.value == pytest.approx(0.65)
+    macro, per_finding = ec.metrics_specs
+    assert sorted(macro.aggregate.class_weights) == sorted(indices(SYNTHETIC_FINDINGS))
+    assert list(per_finding.binarize.class_ids.values) == indices(SYNTHETIC_FINDINGS)
+    assert {m.class_name for m in per_finding.metrics} == {"AUC", "ExampleCount"}
+    sliced = [list(s.feature_keys) for s in ec.slicing_specs]
+    assert [] in sliced and ["view"] in sliced and ["dataset"] in sliced
+
+
+def test_committed_schema_matches_the_feature_contract():
+    from pipeline import schema_tools
+
+    with open(schema_tools.SCHEMA_FILE) as fh:
+        committed = fh.read()
+    assert committed == schema_tools.schema_text(), "run `python -m pipeline.schema_tools`"
+    schema = schema_tools.build_schema()
+    names = {f.name for f in schema.feature}
+    assert names == set(F.feature_spec())
+    labels = next(f for f in schema.feature if f.name == F.LABELS)
+    assert (labels.value_count.min, labels.value_count.max) == (F.NUM_FINDINGS, F.NUM_FINDINGS)
+    views = next(d for d in schema.string_domain if d.name == F.VIEW)
+    assert tuple(views.value) == F.VIEWS
+
+
+def test_anomalies_reader_names_split_and_feature(tmp_path):
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    from pipeline.anomalies_gate import ANOMALIES_FILE, format_anomalies, read_anomalies
+
+    for split, bad in (("train", False), ("eval", True)):
+        a = anomalies_pb2.Anomalies()
+        if bad:
+            info = a.anomaly_info["view"]
+            info.short_description = "Unexpected string values"
+            info.description = "Examples contain values missing from the schema: SIDEWAYS (~100%)."
+        (tmp_path / f"Split-{split}").mkdir()
+        (tmp_path / f"Split-{split}" / ANOMALIES_FILE).write_bytes(a.SerializeToString())
+    found = read_anomalies(str(tmp_path), ["train", "eval"])
+    assert list(found) == ["eval"]
+    text = format_anomalies(found)
+    assert "split 'eval'" in text and "view: Unexpected string values" in text and "SIDEWAYS" in text
+    with pytest.raises(FileNotFoundError, match="Split-test"):
+        read_anomalies(str(tmp_path), ["test"])
+
+
+def test_run_fn_passes_tfx_args_to_train_model(monkeypatch, tmp_path, train_config):
+    import cxr_tfp.train
+    from pipeline import trainer_module
+
+    calls = []
+    monkeypatch.setattr(cxr_tfp.train, "train_model",
+                        lambda *a, **k: calls.append((a, k)) or {})
+
+    class FnArgs:  # the attributes TFX's FnArgs provides
+        train_files = [str(tmp_path / "Split-train" / "*")]
+        eval_files = [str(tmp_path / "Split-eval" / "*")]
+        serving_model_dir = str(tmp_path / "model" / "Format-Serving")
+        model_run_dir = str(tmp_path / "model_run")
+        custom_config = {"train_config": train_config}
+
+    trainer_module.run_fn(FnArgs())
+    (args, kwargs), = calls
+    config, train_files, eval_files, out_dir = args
+    assert config.to_dict() == train_config
+    assert (train_files, eval_files, out_dir) == (FnArgs.train_files, FnArgs.eval_files,
+                                                  FnArgs.model_run_dir)
+    assert kwargs == {"export_dir": FnArgs.serving_model_dir}
+
+
+def test_kubeflow_v2_spec_has_every_component_and_the_image(tmp_path, monkeypatch):
+    from pipeline import kubeflow_v2_runner
+
+    monkeypatch.setenv("CXR_TFP_OUTPUT_ROOT", "gs://example-bucket/cxr-tfp")
+    monkeypatch.setenv("CXR_TFP_DATA_ROOT", "gs://example-bucket/tfrecords")
+    path = kubeflow_v2_runner.compile_pipeline(output_dir=str(tmp_path))
+    spec = json.load(open(path))["pipelineSpec"]
+    tasks = spec["root"]["dag"]["tasks"]
+    for cid in COMPONENT_IDS:
+        if cid == P.RESOLVER:  # compiled into one resolver task per resolved channel
+            assert any(t.startswith(P.RESOLVER) for t in tasks)
+        else:
+            assert cid in tasks, cid
+    assert P.ANOMALIES_GATE in tasks[P.TRAINER].get("dependentTasks", [])
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()
+              if "container" in e}
+    assert images == {configs.PIPELINE_IMAGE}
+    assert len(images) == 1 and configs.PIPELINE_IMAGE.startswith("cxr-tfp-pipeline")
+    text = open(path).read()
+    assert kubeflow_v2_runner.IMAGE_SCHEMA_FILE in text  # curated schema path inside the image
+    assert "gs://example-bucket/tfrecords" in text and "metadata.db" not in text
