@@ -1,0 +1,143 @@
+"""THE end-to-end run of the TFX pipeline on a tiny dataset (LocalDagRunner, SQLite MLMD).
+
+One module-scoped sequence on one pipeline root:
+1. a good model: blessed (value threshold, no baseline yet) and pushed as a loadable SavedModel;
+2. the unchanged pipeline again: every component up to the Trainer comes from the TFX cache;
+3. a deliberately worse model (learning rate ~0, one epoch): rejected by the change threshold
+   against the blessed baseline, nothing pushed;
+and, on its own pipeline root, data with an injected anomaly stops at the gate before training.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import pipeline  # noqa: F401  (Keras 3 pin before tfx)
+from cxr_tfp import features as F
+from cxr_tfp.config import load_config
+from cxr_tfp.labels import SYNTHETIC_FINDINGS
+from pipeline import configs
+from pipeline import pipeline as P
+from pipeline import run_report as R
+from tests.pipeline.synthetic_records import write_splits
+
+pytestmark = pytest.mark.e2e
+
+IMAGE_SIZE = 32
+SIZES = {"train": 64, "eval": 24, "test": 32}
+GOOD = {"image_size": IMAGE_SIZE, "stage1_epochs": 4, "stage2_epochs": 1, "verbose": 0}
+WORSE = dict(GOOD, stage1_lr=1e-9, stage2_lr=1e-9, stage1_epochs=1, stage2_epochs=0)
+LOWER_BOUND = 0.3   # a floor the worse model may pass: its rejection must come from the change
+MAX_DROP = 0.01
+
+
+def _run(settings, overrides):
+    from tfx import v1 as tfx
+
+    tc = load_config(configs.DEFAULT_TRAIN_CONFIG, overrides).to_dict()
+    tfx.orchestration.LocalDagRunner().run(P.create_pipeline(settings, train_config=tc))
+    return R.latest_run(settings.resolved_metadata_path)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tfx_e2e")
+    data = write_splits(str(root / "data"), SIZES, image_size=IMAGE_SIZE, seed=0)
+    settings = configs.PipelineSettings(output_root=str(root / "out"), data_root=data,
+                                        macro_auc_lower_bound=LOWER_BOUND,
+                                        macro_auc_max_drop=MAX_DROP)
+    out = {"settings": settings}
+    out["first"] = _run(settings, GOOD)
+    out["versions_after_first"] = R.pushed_versions(settings.push_base)
+    out["again"] = _run(settings, GOOD)
+    out["versions_after_again"] = R.pushed_versions(settings.push_base)
+    out["worse"] = _run(settings, WORSE)
+    out["versions_after_worse"] = R.pushed_versions(settings.push_base)
+    return out
+
+
+def test_first_run_blesses_and_pushes_a_servable_model(runs):
+    s, first = runs["settings"], runs["first"]
+    assert set(first.states.values()) == {"COMPLETE"}, first.states
+    assert first.blessed is True and first.pushed is True
+    versions = runs["versions_after_first"]
+    assert len(versions) == 1
+    version_dir = os.path.join(s.push_base, versions[0])
+    assert first.pushed_destination == version_dir
+    assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+    sigs = R.check_pushed_model(version_dir)
+    assert set(sigs[F.SERVING_SIGNATURE]) >= {F.PROBABILITIES, F.UNCERTAINTY, F.PROBABILITIES_FULL}
+    assert set(sigs[F.IMAGE_SIGNATURE]) >= {F.PROBABILITIES, F.UNCERTAINTY}
+    # The pushed model answers serialized tf.Examples with [B, L] and [B, NUM_FINDINGS].
+    import tensorflow as tf
+
+    from cxr_tfp.input import list_files
+
+    raw = next(iter(tf.data.TFRecordDataset(list_files(os.path.join(s.data_root, "test")),
+                                            compression_type="GZIP").batch(5)))
+    fn = tf.saved_model.load(version_dir).signatures[F.SERVING_SIGNATURE]
+    pred = fn(**{F.EXAMPLES_INPUT: raw})
+    assert pred[F.PROBABILITIES].shape == (5, len(SYNTHETIC_FINDINGS))
+    assert pred[F.PROBABILITIES_FULL].shape == (5, F.NUM_FINDINGS)
+    p = pred[F.PROBABILITIES].numpy()
+    assert np.all((p >= 0) & (p <= 1))
+    # TFMA: macro AUROC above the floor, per-finding AUROCs and counts, sliced by view and dataset.
+    metrics = R.read_metrics(first.uri(P.EVALUATOR, "evaluation"))
+    assert {"overall", "view=PA", "view=AP", "dataset=synthetic"} <= set(metrics)
+    overall = metrics["overall"]
+    assert overall["macro_auc"] >= LOWER_BOUND
+    assert overall["n"] == SIZES["test"]
+    per_finding = [overall[k] for k in overall if k.startswith("auc/")]
+    assert len(per_finding) == len(SYNTHETIC_FINDINGS)
+    assert overall["macro_auc"] == pytest.approx(np.mean(per_finding), abs=1e-6)
+    assert "macro_auc_diff" not in overall  # no baseline on the first run
+    assert R.validation_failures(first.uri(P.EVALUATOR, "evaluation")) == []
+
+
+def test_unchanged_rerun_uses_the_tfx_cache(runs):
+    first, again = runs["first"], runs["again"]
+    for node in (P.EXAMPLE_GEN, P.STATISTICS_GEN, P.SCHEMA_GEN, P.EXAMPLE_VALIDATOR,
+                 P.ANOMALIES_GATE, P.TRAINER):
+        assert again.states[node] == "CACHED", (node, again.states)
+    # The cached Trainer hands over the very model of the first run: no retraining.
+    assert again.uri(P.TRAINER, "model") == first.uri(P.TRAINER, "model")
+    # Evaluated against itself as baseline: no drop, so blessed; any push is the same SavedModel.
+    metrics = R.read_metrics(again.uri(P.EVALUATOR, "evaluation"))["overall"]
+    assert metrics["macro_auc_diff"] == pytest.approx(0.0, abs=1e-9)
+    assert again.blessed is True
+    s = runs["settings"]
+    first_pb = open(os.path.join(s.push_base, runs["versions_after_first"][0], "saved_model.pb"),
+                    "rb").read()
+    for v in runs["versions_after_again"]:
+        assert open(os.path.join(s.push_base, v, "saved_model.pb"), "rb").read() == first_pb
+
+
+def test_worse_model_is_not_blessed_and_pushes_nothing(runs):
+    worse = runs["worse"]
+    assert worse.states[P.TRAINER] == "COMPLETE"  # new training options -> a new model
+    assert worse.blessed is False
+    assert worse.pushed is False
+    assert runs["versions_after_worse"] == runs["versions_after_again"]
+    evaluation = worse.uri(P.EVALUATOR, "evaluation")
+    overall = R.read_metrics(evaluation)["overall"]
+    assert overall["macro_auc_diff"] < -MAX_DROP
+    failures = R.validation_failures(evaluation)
+    assert any(line.startswith("overall: auc (macro) change vs baseline") for line in failures), \
+        failures
+
+
+def test_injected_anomaly_stops_the_run_before_training(tmp_path):
+    from pipeline.anomalies_gate import DataAnomaliesError
+
+    data = write_splits(str(tmp_path / "data"), {"train": 8, "eval": 4, "test": 4},
+                        image_size=IMAGE_SIZE, seed=1, bad_view_in="eval")
+    settings = configs.PipelineSettings(output_root=str(tmp_path / "out"), data_root=data)
+    with pytest.raises(DataAnomaliesError) as err:
+        _run(settings, GOOD)
+    msg = str(err.value)
+    assert "split 'eval'" in msg and "view:" in msg and "split 'train'" not in msg
+    run = R.latest_run(settings.resolved_metadata_path)
+    assert run.states[P.EXAMPLE_VALIDATOR] == "COMPLETE"
+    assert run.states[P.ANOMALIES_GATE] == "FAILED"
+    assert P.TRAINER not in run.states and P.PUSHER not in run.states
+    assert R.pushed_versions(settings.push_base) == []
