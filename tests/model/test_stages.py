@@ -94,3 +94,22 @@ def test_stage2_on_cached_features_equals_recompute():
         np.testing.assert_allclose(wa.numpy(), wb.numpy(), rtol=1e-5, atol=1e-6, err_msg=wa.path)
     # and stage 2 did train the compared weights (else equality would be trivial)
     assert any(not np.allclose(w.numpy(), s) for w, s in zip(a.head.prior.weights, prior_before))
+
+
+def test_ablations_no_freezing_and_no_annotation():
+    x, y = _data()
+    model = build_model(_cfg())
+    _fit(model, x, y, 1)
+    snap = _snap(model.backbone)
+    _fit(model, x, y, 2, freeze="none")
+    assert _changed(snap, model.backbone)          # no freezing: the backbone trains in stage 2
+
+    model = build_model(_cfg(annotation="none"))
+    _fit(model, x, y, 1)
+    model.init_posterior_from_prior()
+    snap = _snap(model.head.posterior)
+    model.set_stage(2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    hist = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), epochs=1, verbose=0)
+    assert hist.history["kl"][-1] == 0.0            # posterior = prior
+    assert not _changed(snap, model.head.posterior)
