@@ -45,6 +45,11 @@ _SYNONYMS: Dict[str, str] = {
     "Quality issue": "Quality_Issue",
     "Support devices": "Support_Devices",
     "Other": "Other",
+    # REFLACX spellings with no entry above (phase 1 and phases 2-3 metadata columns)
+    "Pleural effusion": "Effusion",
+    "Pulmonary edema": "Edema",
+    "Hiatal hernia": "Hernia",
+    "High lung volume / emphysema": "Emphysema",
 }
 
 # Findings that are not diseases of the image: they are read but not predicted.
