@@ -23,8 +23,8 @@ from typing import List, Optional
 import pipeline  # noqa: F401  (pins Keras 3 before tfx is imported)
 from pipeline import configs
 
-DEFAULT_PATIENTS = 200
-DEFAULT_IMAGE_SIZE = 64
+DEFAULT_PATIENTS = configs.DEMO_PATIENTS
+DEFAULT_IMAGE_SIZE = configs.DEMO_IMAGE_SIZE
 
 
 class _Stages:
@@ -51,20 +51,23 @@ class _ComponentProgress(pylogging.Handler):
     def __init__(self):
         super().__init__(pylogging.INFO)
         self.started = {}
+        self.cached = set()
+        self.current = "?"
 
     def emit(self, record: pylogging.LogRecord) -> None:
         msg = record.getMessage()
         now = time.monotonic()
         if msg.startswith("Component ") and msg.endswith(" is running."):
-            name = msg[len("Component "):-len(" is running.")]
-            self.started[name] = now
-            print(f"    > {name} ...", flush=True)
+            self.current = msg[len("Component "):-len(" is running.")]
+            self.started[self.current] = now
+            print(f"    > {self.current} ...", flush=True)
         elif msg.startswith("Component ") and msg.endswith(" is finished."):
             name = msg[len("Component "):-len(" is finished.")]
             took = now - self.started.get(name, now)
-            print(f"    < {name} finished ({took:.1f} s)", flush=True)
+            how = "reused from the TFX cache" if name in self.cached else "finished"
+            print(f"    < {name} {how} ({took:.1f} s)", flush=True)
         elif msg.startswith("A cached execution"):
-            print(f"    = {msg} (TFX cache)", flush=True)
+            self.cached.add(self.current)
         elif record.levelno >= pylogging.ERROR:
             print(f"    ! {msg.splitlines()[0] if msg else record.levelname}", flush=True)
 
@@ -83,6 +86,7 @@ def _route_tfx_logs(log_path: str) -> None:
     logger.addHandler(fh)
     logger.addHandler(_ComponentProgress())
     logger.setLevel(pylogging.INFO)
+    logger.propagate = False  # a library's logging.basicConfig would echo every record
 
 
 def _sample_test_image(tfrecords: str, out_dir: str, findings) -> tuple:
@@ -133,7 +137,8 @@ def _predict(push_base: str, model_name: str, files: List[str]) -> tuple:
 
 
 def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAULT_IMAGE_SIZE,
-             train_config: Optional[str] = None, workers: int = 2) -> int:
+             train_config: Optional[str] = None, workers: int = 2,
+             contrast: float = configs.DEMO_SYNTHETIC_CONTRAST, rebuild: bool = False) -> int:
     """Run the five stages; returns a process exit code (0 = pushed and predicted)."""
     out = os.path.abspath(out)
     raw = os.path.join(out, "raw_synthetic")
@@ -142,17 +147,34 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
         output_root=os.path.join(out, "tfx"), data_root=tfrecords,
         serving_root=os.path.join(out, "serving"),
         train_config_path=train_config or configs.DEFAULT_TRAIN_CONFIG,
-        train_overrides={"image_size": image_size, "verbose": 2})
+        train_overrides=dict(configs.TRAIN_OVERRIDES, image_size=image_size))
     log_path = os.path.join(out, "logs", "pipeline.log")
     stages = _Stages(5)
     print(f"cxr-tfp demo: everything goes under {out}")
 
     # 1 ---------------------------------------------------------------------------------------
-    stages.begin(f"Synthetic dataset ({patients} patients) -> TFRecords with Apache Beam")
+    stages.begin(f"Synthetic dataset ({patients} patients, lesion contrast {contrast:g}) -> "
+                 f"TFRecords with Apache Beam")
+    import json
+
     from cxr_tfp.data.build import build
 
-    summary = build("synthetic", raw, tfrecords, image_size=image_size, workers=workers,
-                    synthetic_patients=patients)
+    # Rebuilding writes new files, which ImportExampleGen treats as new data (no TFX cache):
+    # reuse TFRecords built with the same parameters unless asked to rebuild.
+    params = {"dataset": "synthetic", "patients": patients, "image_size": image_size,
+              "contrast": contrast}
+    marker = os.path.join(out, "tfrecords.params.json")
+    summary_file = os.path.join(tfrecords, "summary.json")
+    reuse = (not rebuild and os.path.exists(marker) and os.path.exists(summary_file)
+             and json.load(open(marker)) == params)
+    if reuse:
+        summary = json.load(open(summary_file))
+        print(f"    reusing the TFRecords in {tfrecords} (same parameters; --rebuild to redo)")
+    else:
+        summary = build("synthetic", raw, tfrecords, image_size=image_size, workers=workers,
+                        synthetic_patients=patients, synthetic_contrast=contrast)
+        with open(marker, "w") as fh:
+            json.dump(params, fh)
     wp = summary["written_per_split"]
     stages.end(f"train {wp['train']}, eval {wp['eval']}, test {wp['test']} examples")
 
@@ -233,14 +255,18 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--out", default=configs.DEMO_OUT, help="output folder (default demo_out)")
     p.add_argument("--patients", type=int, default=DEFAULT_PATIENTS,
                    help=f"synthetic patients, 2 images each (default {DEFAULT_PATIENTS})")
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     p.add_argument("--config", default=None, help="training config (default configs/smoke.yaml)")
     p.add_argument("--workers", type=int, default=2, help="Beam workers for the TFRecord build")
+    p.add_argument("--contrast", type=float, default=configs.DEMO_SYNTHETIC_CONTRAST,
+                   help="synthetic lesion contrast (the dataset's own default is 1: subtle)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="rebuild the TFRecords even when the last build used the same parameters")
     a = p.parse_args(argv)
-    return run_demo(a.out, a.patients, a.image_size, a.config, a.workers)
+    return run_demo(a.out, a.patients, a.image_size, a.config, a.workers, a.contrast, a.rebuild)
 
 
 if __name__ == "__main__":

@@ -5,4 +5,4 @@ TensorFlow Probability in the model; see pipeline/__init__.py.)
 """
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
+os.environ["TF_USE_LEGACY_KERAS"] = "0"
