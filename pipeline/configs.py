@@ -44,9 +44,10 @@ MACRO_AUC_MAX_DROP = 0.01
 # blessing floor in about a minute on 2 cores (demo data: see below).
 TRAIN_OVERRIDES: Dict[str, Any] = {"stage1_epochs": 25, "augment": False}
 
-# The demo (make demo) and the default local run share one output folder, so that after the demo
-# `python pipeline/local_runner.py` / the tfx CLI re-run the same pipeline (and hit its cache).
+# The demo (make demo) writes under DEMO_OUT; a plain local run reads the demo's TFRecords and
+# writes under OUTPUT_ROOT (serving/README.md serves OUTPUT_ROOT/serving by default).
 DEMO_OUT = str(REPO_ROOT / "demo_out")
+OUTPUT_ROOT = str(REPO_ROOT / "tfx_out")
 DEMO_PATIENTS = 500
 DEMO_IMAGE_SIZE = 64
 # The embedded synthetic dataset with clearly visible lesions: at the dataset's default contrast 1
@@ -64,11 +65,11 @@ class PipelineSettings:
 
     pipeline_name: str = PIPELINE_NAME
     # Everything TFX writes (artifacts, metadata) lives under output_root unless overridden.
-    output_root: str = os.path.join(DEMO_OUT, "tfx")
+    output_root: str = OUTPUT_ROOT
     data_root: str = os.path.join(DEMO_OUT, "tfrecords")
     pipeline_root: Optional[str] = None          # default <output_root>/pipelines/<name>
     metadata_path: Optional[str] = None          # default <output_root>/metadata/<name>/metadata.db
-    serving_root: Optional[str] = None           # default <output_root>/../serving
+    serving_root: Optional[str] = None           # default <output_root>/serving
     model_name: str = SERVING_MODEL_NAME
     train_config_path: Optional[str] = DEFAULT_TRAIN_CONFIG
     train_overrides: Dict[str, Any] = dataclasses.field(default_factory=lambda: dict(TRAIN_OVERRIDES))
@@ -94,9 +95,8 @@ class PipelineSettings:
     @property
     def push_base(self) -> str:
         """TF Serving's model base path: the Pusher writes ``<push_base>/<version>/saved_model.pb``."""
-        serving_root = self.serving_root or os.path.join(
-            os.path.dirname(os.path.abspath(self.output_root)), "serving")
-        return os.path.join(serving_root, self.model_name)
+        return os.path.join(self.serving_root or os.path.join(self.output_root, "serving"),
+                            self.model_name)
 
     def train_config_dict(self) -> Dict[str, Any]:
         """The full training config (file + overrides) as a plain dict for ``custom_config``."""

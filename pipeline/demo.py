@@ -7,7 +7,7 @@
 5. serve it (the project's gRPC stand-in for TF Serving) and send one prediction through the
    serving client, printing the findings table.
 
-    python -m pipeline.demo --out demo_out [--patients 200] [--config configs/smoke.yaml]
+    python -m pipeline.demo --out demo_out [--patients 500] [--config configs/smoke.yaml] [--rebuild]
 
 Every output lands under ``--out``; the last lines say where.
 """
