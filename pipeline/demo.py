@@ -190,7 +190,13 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
     from pipeline.pipeline import create_pipeline
     from pipeline import run_report as R
 
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(settings))
+    from pipeline.anomalies_gate import DataAnomaliesError
+
+    try:
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(settings))
+    except DataAnomaliesError as exc:
+        print(f"\n    STOPPED before training: {exc}\n    full log: {log_path}", flush=True)
+        return 2
     run = R.latest_run(settings.resolved_metadata_path)
     stages.end(", ".join(f"{k} {v}" for k, v in run.states.items()))
 
