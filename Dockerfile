@@ -4,8 +4,10 @@
 #   docker build -t cxr-tfp-pipeline:0.1.0 .
 FROM python:3.11-slim
 
+# importing tfx flips TensorFlow to legacy Keras 2; the model is Keras 3 (TFP layers need it).
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    TF_CPP_MIN_LOG_LEVEL=2 KERAS_BACKEND=tensorflow
+    TF_CPP_MIN_LOG_LEVEL=2 KERAS_BACKEND=tensorflow \
+    TF_USE_LEGACY_KERAS=0
 
 WORKDIR /pipeline
 COPY requirements/ requirements/

@@ -6,6 +6,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# importing tfx would otherwise switch tf.keras to legacy Keras 2 for the whole session.
+os.environ["TF_USE_LEGACY_KERAS"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 
