@@ -120,11 +120,7 @@ def _make_dofn():
             self.progress = None
 
         def setup(self):
-            import cxr_tfp.features  # noqa: F401
-            try:
-                import tensorflow  # noqa: F401  (warm up to_example's import once per worker)
-            except Exception:  # noqa: BLE001
-                pass
+            import cxr_tfp.data.example_codec  # noqa: F401  (TensorFlow-free serialisation)
             self.progress = _Progress(self.progress_dir)
 
         def process(self, rec):
@@ -193,8 +189,7 @@ def _pipeline_options(beam_args: Sequence[str], workers: int):
     args = list(beam_args or [])
     opts = PipelineOptions(args)
     runner = opts.view_as(StandardOptions).runner or "DirectRunner"
-    is_direct = runner.split(".")[-1] in ("DirectRunner", "direct", "SwitchingDirectRunner", "PrismRunner") \
-        and "Prism" not in runner
+    is_direct = runner.split(".")[-1] in ("DirectRunner", "direct", "SwitchingDirectRunner")
     if is_direct:
         direct = opts.view_as(DirectOptions)
         if not any(a.startswith("--direct_num_workers") for a in args):
@@ -258,9 +253,8 @@ def _rejected_line(r: Rejected, dataset: str) -> Dict[str, str]:
 
 def _summarise(dataset, root, out, cfg, adapter, records, pre_rejected, worker_dead, stats, seconds,
                max_rejected_fraction, runner, workers) -> Dict[str, Any]:
-    ex_in = sum(1 for _ in records) + sum(r.count for r in pre_rejected if r.kind == "example")
-    ann_in = sum(r.n_annotation_inputs for r in records) + sum(r.count for r in pre_rejected
-                                                              if r.kind == "annotation")
+    ex_in = len(records) + sum(1 for r in pre_rejected if r.kind == "example")
+    ann_in = sum(r.n_annotation_inputs for r in records) + sum(1 for r in pre_rejected if r.kind == "annotation")
     dead_all = [_rejected_line(r, dataset) for r in pre_rejected] + worker_dead
     ex_rej = sum(1 for d in dead_all if d["kind"] == "example")
     ann_rej = sum(1 for d in dead_all if d["kind"] == "annotation")
@@ -384,7 +378,7 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
         (out / sp).mkdir(parents=True, exist_ok=True)
 
     # Fail before the heavy part when the tables alone are already over the threshold.
-    n_in_upper = len(records) + n_ann + sum(r.count for r in pre_rejected)
+    n_in_upper = len(records) + n_ann + len(pre_rejected)
     if n_in_upper and len(pre_rejected) / n_in_upper > max_rej:
         empty = {"written": {}, "pos": {}, "known": {}, "gaze": {}, "boxes": {}, "any": {}, "ann_ok": 0}
         summary = _summarise(dataset, root, out, cfg, adapter, [], pre_rejected, [], empty,

@@ -74,7 +74,6 @@ class Rejected:
     stage: str
     reason: str
     kind: str = "example"                 # "example" or "annotation"
-    count: int = 1                        # how many inputs this line stands for
 
 
 Item = Union[SourceRecord, Rejected]

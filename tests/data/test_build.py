@@ -158,6 +158,13 @@ def test_rejected_fraction_over_threshold_fails_with_the_cause(injected, tmp_pat
     rc = main(["--dataset", "synthetic", "--root", str(root), "--out", str(tmp_path / "o2"), "--image-size", "32",
                "--workers", "1", "--max-rejected-fraction", "0.01", "--quiet"])
     assert rc == 1
+    # Under the threshold from the tables alone, over it once the images are decoded: fails after writing.
+    with pytest.raises(RejectedFractionError, match="most common") as e:
+        build("synthetic", root, tmp_path / "o3", image_size=32, workers=1, max_rejected_fraction=0.05,
+              progress=False)
+    s3 = e.value.summary
+    assert s3["status"] == "failed" and s3["in"] == s3["written"] + s3["rejected"]
+    assert 0.05 < s3["rejected_fraction"] and "error" in json.loads((tmp_path / "o3" / "summary.json").read_text())
 
 
 def test_wrong_root_and_missing_label_table_fail_at_once(tmp_path, capsys):
