@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
                 over["beta"] = args.beta
             cfg = load_config(args.config, over)
             out = os.path.join(work, f"run_{name}_{seed}")
+            shutil.rmtree(out, ignore_errors=True)   # a fresh run, never a resumed one
             t0 = time.perf_counter()
             m = train_model(cfg, os.path.join(data, "train"), os.path.join(data, "eval"), out)
             rows.append({"annotations": name, "seed": seed, "stage1": m["stage1"]["macro_auroc"],

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
           f"({n2} annotated), {os.cpu_count()} CPU cores; epoch times exclude each stage's first epoch")
     print("| measure | value |")
     print("|---|---|")
-    print(f"| stage 1 s/image (TFRecord pipeline, augment, train step) | {s1 * 1e3:.2f} ms |")
+    print(f"| stage 1 s/image (TFRecord pipeline + train step) | {s1 * 1e3:.2f} ms |")
     print(f"| stage 2 s/image, cached features | {s2_cached * 1e3:.3f} ms |")
     print(f"| stage 2 s/image, recomputing the frozen backbone | {s2_recompute * 1e3:.2f} ms |")
     print(f"| **ratio stage-2 cached / stage-1 per image** | **{s2_cached / s1:.4f}** |")

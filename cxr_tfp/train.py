@@ -293,9 +293,10 @@ def _callbacks(model, cfg: TrainConfig, stage: int, out_dir: str, ckpt_dir: str,
             self._t0 = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self._t0   # training only, before the checkpoint write
             if _is_chief():
                 save_checkpoint(model, ckpt_dir, stage, epoch + 1)
-            rec = {"stage": stage, "epoch": epoch, "seconds": time.perf_counter() - self._t0,
+            rec = {"stage": stage, "epoch": epoch, "seconds": seconds,
                    "kl_scale": float(model.kl_scale.numpy()),
                    **{k: float(v) for k, v in (logs or {}).items()}}
             with open(os.path.join(out_dir, HISTORY_FILE), "a") as fh:

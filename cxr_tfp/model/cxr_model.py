@@ -183,20 +183,15 @@ class CxrModel(keras.Model):
         self.train_function = None
 
     def init_posterior_from_prior(self) -> None:
-        """Start stage 2 with q == p: copy the prior's weights, zero the annotation-pooled inputs.
+        """Start stage 2 with a zero posterior residual: q(z|x,a) = N(g(pool_annotation F)).
 
-        Why: after stage 1 the prior is sharp (small variance), so a freshly initialised posterior
-        would start with a huge KL that swamps the BCE. Starting from q = p the KL starts at 0 and
-        the posterior learns to use the annotation (the zeroed rows get gradients at once).
+        Why: the residual network is new in stage 2; starting it at zero makes q the prior's own MLP
+        applied to what the expert looked at, so the KL starts moderate (the stage-1 prior is sharp,
+        and a randomly initialised posterior would start with a KL that swamps the BCE).
         """
-        prior, post = self.head.prior, self.head.posterior
-        post.pool.score.kernel.assign(prior.pool.score.kernel)
-        post.pool.score.bias.assign(prior.pool.score.bias)
-        k = prior.gauss.hidden.kernel
-        post.gauss.hidden.kernel.assign(tf.concat([k, tf.zeros_like(k)], axis=0))
-        post.gauss.hidden.bias.assign(prior.gauss.hidden.bias)
-        post.gauss.out.kernel.assign(prior.gauss.out.kernel)
-        post.gauss.out.bias.assign(prior.gauss.out.bias)
+        post = self.head.posterior
+        post.gauss.out.kernel.assign(tf.zeros_like(post.gauss.out.kernel))
+        post.gauss.out.bias.assign(tf.zeros_like(post.gauss.out.bias))
 
     @property
     def metrics(self):
@@ -246,7 +241,7 @@ class CxrModel(keras.Model):
             return bce + self.prior_kl * kl_mean, bce, kl_mean
         else:
             w, has = combine_annotation(ann_grid, x["has_gaze"], x["has_boxes"], self.annotation)
-            mu_q, logvar_q = self.head.posterior(fmap, w)
+            mu_q, logvar_q = self.head.posterior_params(fmap, w)
             sel = has[:, None] > 0
             mu = tf.where(sel, mu_q, mu_p)
             logvar = tf.where(sel, logvar_q, logvar_p)

@@ -2,11 +2,14 @@
 
 Design (why): both networks read the backbone's spatial feature map F [B, h, w, K].
 - The prior pools F with a learned spatial attention (softmax over the h*w cells), then maps the
-  pooled vector to a diagonal Gaussian. Attention is what stage 2 can teach: "where to look".
-- The posterior pools F twice: with its own learned attention and with the expert's annotation
-  (gaze heatmap and/or box mask) downsampled to the map's grid (area average, normalised to sum 1),
-  and maps both pooled vectors to a diagonal Gaussian. Because it only needs F and the annotation on
-  the grid, stage 2 can run on cached feature maps of the frozen backbone.
+  pooled vector to a diagonal Gaussian with an MLP g. Attention is what stage 2 can teach: "where to
+  look".
+- The posterior pools F with the expert's annotation (gaze heatmap and/or box mask) downsampled to
+  the map's grid (area average, normalised to sum 1) and maps it with the SAME MLP g, plus a learned
+  residual from its own attention-pooled and annotation-pooled features (zero at the start of stage 2):
+  q(z|x,a) = N(g(pool_a F) + r(pool_att' F, pool_a F)). Sharing g means KL(q || p) asks the prior's
+  attention to pool what the expert looked at - a direct path for the distillation - and the
+  posterior only needs F and the annotation on the grid, so stage 2 runs on cached feature maps.
 - The classifier sees only z (a bottleneck), so whatever the KL term distils into the prior directly
   changes the prediction; the spread of z over samples gives the uncertainty.
 Images without a usable annotation use the prior as posterior (q = p, KL = 0).
@@ -187,6 +190,12 @@ class LatentHead(keras.layers.Layer):
         self.posterior.build(fmap_shape)
         self.classifier.build((None, self.latent_dim))
         self.built = True
+
+    def posterior_params(self, fmap, ann_weights):
+        """``(mu, logvar)`` of q(z|x,a): the prior's MLP on annotation-pooled features + a residual."""
+        base_mu, base_logvar = self.prior.gauss(weighted_pool(fmap, ann_weights))
+        d_mu, d_logvar = self.posterior(fmap, ann_weights)
+        return base_mu + d_mu, tf.clip_by_value(base_logvar + d_logvar, LOGVAR_MIN, LOGVAR_MAX)
 
     def call(self, fmap):
         """Logits at the prior mean (a deterministic summary; sampling is done by the model)."""

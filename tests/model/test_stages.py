@@ -63,16 +63,22 @@ def test_weights_changed_per_stage():
     assert changed == {"backbone": False, "prior": True, "posterior": True, "classifier": False}
 
 
-def test_posterior_starts_equal_to_prior():
+def test_posterior_starts_as_prior_mlp_on_annotation_pooling():
     model = build_model(_cfg())
     x, _ = _data()
     model.init_posterior_from_prior()
     fmap = model.features(x["image"])
-    w = tf.fill([8] + list(model.grid_hw), 1.0 / np.prod(model.grid_hw))
-    mp, lp = model.head.prior(fmap)
-    mq, lq = model.head.posterior(fmap, w)
+    w = tf.random.uniform([8] + list(model.grid_hw), seed=0)
+    w = w / tf.reduce_sum(w, axis=[1, 2], keepdims=True)
+    mq, lq = model.head.posterior_params(fmap, w)
+    pooled = tf.einsum("bhwk,bhw->bk", fmap, w)
+    mp, lp = model.head.prior.gauss(pooled)
     np.testing.assert_allclose(mq.numpy(), mp.numpy(), atol=1e-6)
     np.testing.assert_allclose(lq.numpy(), lp.numpy(), atol=1e-6)
+    # with the prior's own attention as "annotation", q equals p exactly (KL 0)
+    att = model.head.prior.pool.attention(fmap)
+    mq2, _ = model.head.posterior_params(fmap, att)
+    np.testing.assert_allclose(mq2.numpy(), model.head.prior(fmap)[0].numpy(), atol=1e-5)
 
 
 def test_stage2_on_cached_features_equals_recompute():
