@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--stage1-epochs", type=int, default=12)
     p.add_argument("--stage2-epochs", type=int, default=8)
     p.add_argument("--beta", type=float, default=None)
+    p.add_argument("--prior-bce", type=float, default=None, help="stage2_prior_bce override")
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     args = p.parse_args(argv)
 
@@ -68,6 +69,8 @@ def main(argv=None) -> int:
                     "image_size": args.image_size, "verbose": 0}
             if args.beta is not None:
                 over["beta"] = args.beta
+            if args.prior_bce is not None:
+                over["stage2_prior_bce"] = args.prior_bce
             cfg = load_config(args.config, over)
             out = os.path.join(work, f"run_{name}_{seed}")
             shutil.rmtree(out, ignore_errors=True)   # a fresh run, never a resumed one
@@ -84,7 +87,8 @@ def main(argv=None) -> int:
     print()
     print(f"train {rows[0]['train_examples']} images ({rows[0]['annotated_train']} annotated), "
           f"eval {rows[0]['num_eval']} images, {args.image_size}px, config {os.path.basename(args.config)}, "
-          f"stage1 {args.stage1_epochs} / stage2 {args.stage2_epochs} epochs")
+          f"stage1 {args.stage1_epochs} / stage2 {args.stage2_epochs} epochs, overrides "
+          f"beta={args.beta} stage2_prior_bce={args.prior_bce} contrast={args.contrast}")
     print(f"| annotations | seeds | stage-1 macro AUROC | stage-2 macro AUROC | gain (mean ± sd) |")
     print(f"|---|---|---|---|---|")
     summary = {}

@@ -48,6 +48,8 @@ class TrainConfig:
                                "(0 = no warm-up).")
     prior_kl: float = _f(0.01, "Stage-1 weight of KL(p(z|x) || N(0, I)), keeping the prior's spread "
                          "(uncertainty) meaningful; 0 disables it.")
+    stage2_prior_bce: float = _f(1.0, "Stage-2 weight of the BCE on prior samples z ~ p(z|x) (hybrid CVAE "
+                                 "objective: keeps the test-time prior path trained on labels); 0 = pure ELBO.")
     pos_weight: bool = _f(False, "Weight positive labels by neg/pos counts of the training split "
                           "(class imbalance).")
     # --- optimisation
@@ -105,7 +107,7 @@ class TrainConfig:
         for name in ("stage1_lr", "stage2_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"config: {name}={getattr(self, name)!r} must be > 0")
-        for name in ("beta", "prior_kl"):
+        for name in ("beta", "prior_kl", "stage2_prior_bce"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"config: {name}={getattr(self, name)!r} must be >= 0")
         if self.image_size < 16:

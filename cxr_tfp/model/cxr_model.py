@@ -2,7 +2,10 @@
 
 Stage 1 (``model.stage = 1``): backbone + prior + classifier, loss = masked BCE of p(y|z), z ~ p(z|x).
 Stage 2 (``model.stage = 2``): lower layers frozen; z ~ q(z|x,a); loss = masked BCE +
-beta_t * KL(q || p). Gradients of the KL flow into the prior: that is the distillation of the
+beta_t * KL(q || p) + prior_bce * masked BCE of z ~ p (the hybrid objective of conditional VAEs,
+Sohn et al. 2015: it keeps the image-only prior path, the one used at test time, trained on the
+labels while the KL pulls it toward the annotation-informed posterior). Gradients of the KL flow
+into the prior: that is the distillation of the
 annotation into the image-only prior. The posterior is new in stage 2 and trains. The classifier
 stays trainable by default (``freeze='backbone'``, as in the paper: only the backbone is frozen)
 because it must learn to read the sharper, annotation-informed z; ``freeze='backbone+classifier'``
@@ -63,6 +66,7 @@ class CxrModel(keras.Model):
                  findings: Sequence[str] | str = "synthetic", latent_dim: int = 16, hidden_dim: int = 64,
                  num_samples: int = 20, seed: int = 0, annotation: str = "gaze+boxes",
                  beta: float = 1.0, train_samples: int = 1, prior_kl: float = 0.0,
+                 prior_bce: float = 0.0,
                  pos_weight: Optional[Sequence[float]] = None,
                  thresholds: Optional[Dict[str, float]] = None,
                  weights: Optional[str] = None, **kwargs):
@@ -79,6 +83,7 @@ class CxrModel(keras.Model):
         self.beta = float(beta)
         self.train_samples = int(train_samples)
         self.prior_kl = float(prior_kl)
+        self.prior_bce = float(prior_bce)
         self.pos_weight = None if pos_weight is None else [float(v) for v in pos_weight]
         self.thresholds = {f: 0.5 for f in self.findings}
         if thresholds:
@@ -250,6 +255,9 @@ class CxrModel(keras.Model):
         bce = self.masked_bce(self.head.classifier(z), labels, mask)
         kl_mean = tf.reduce_mean(kl)
         loss = bce + self.beta * self.kl_scale * kl_mean
+        if self.prior_bce > 0:
+            z_p = mu_p[None] + tf.exp(0.5 * logvar_p)[None] * noise
+            loss = loss + self.prior_bce * self.masked_bce(self.head.classifier(z_p), labels, mask)
         return loss, bce, kl_mean
 
     def train_step(self, data):
@@ -281,7 +289,7 @@ class CxrModel(keras.Model):
             "channels": self.channels, "findings": list(self.findings), "latent_dim": self.latent_dim,
             "hidden_dim": self.hidden_dim, "num_samples": self.num_samples, "seed": self.seed,
             "annotation": self.annotation, "beta": self.beta, "train_samples": self.train_samples,
-            "prior_kl": self.prior_kl,
+            "prior_kl": self.prior_kl, "prior_bce": self.prior_bce,
             "pos_weight": self.pos_weight, "thresholds": dict(self.thresholds),
         }
 
@@ -299,7 +307,7 @@ def build_model(config) -> CxrModel:
                     findings=config.finding_names, latent_dim=config.latent_dim,
                     hidden_dim=config.hidden_dim, num_samples=config.num_samples, seed=config.seed,
                     annotation=config.annotation, beta=config.beta, train_samples=config.train_samples,
-                    prior_kl=config.prior_kl,
+                    prior_kl=config.prior_kl, prior_bce=config.stage2_prior_bce,
                     weights=config.weights, name="cxr_model")
 
 
