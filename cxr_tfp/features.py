@@ -8,7 +8,7 @@ labelled by this dataset). Identifiers are pseudonymous (salted hashes), never t
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -112,10 +112,13 @@ def _to_uint8_map(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
 
 
-def to_example(rec: ExampleRecord):
-    """Serialise an :class:`ExampleRecord` to a ``tf.train.Example``."""
-    import tensorflow as tf
+def example_values(rec: ExampleRecord) -> Dict[str, Tuple[str, list]]:
+    """The feature values of one record as plain Python: ``{key: (kind, values)}``.
 
+    ``kind`` is ``bytes``, ``float`` or ``int64``. The one definition of how a record becomes
+    features: :func:`to_example` and the TensorFlow-free Beam writer
+    (:mod:`cxr_tfp.data.example_codec`) both serialise exactly this.
+    """
     size = int(rec.image.shape[0])
     if rec.image.shape != (size, size):
         raise ValueError(f"image must be square 2-D, got {rec.image.shape}")
@@ -130,31 +133,35 @@ def to_example(rec: ExampleRecord):
     has_boxes = rec.box_mask is not None
     gaze_png = encode_png(_to_uint8_map(rec.gaze)) if has_gaze else b""
     box_png = encode_png((np.asarray(rec.box_mask) > 0).astype(np.uint8) * 255) if has_boxes else b""
-
-    def b(v: bytes):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
-
-    def i(v: int):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
-
-    def f(v: Sequence[float]):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=list(map(float, v))))
-
-    feats = {
-        IMAGE: b(encode_png(np.asarray(rec.image, np.uint8))),
-        IMAGE_SIZE: i(size),
-        LABELS: f(labels * mask),
-        LABEL_MASK: f(mask),
-        GAZE: b(gaze_png),
-        BOX_MASK: b(box_png),
-        HAS_GAZE: i(has_gaze),
-        HAS_BOXES: i(has_boxes),
-        HAS_ANNOTATION: i(has_gaze or has_boxes),
-        VIEW: b((rec.view or "UNKNOWN").encode()),
-        DATASET: b(rec.dataset.encode()),
-        PATIENT_KEY: b(rec.patient_key.encode()),
-        EXAMPLE_KEY: b(rec.example_key.encode()),
+    return {
+        IMAGE: ("bytes", [encode_png(np.asarray(rec.image, np.uint8))]),
+        IMAGE_SIZE: ("int64", [size]),
+        LABELS: ("float", (labels * mask).tolist()),
+        LABEL_MASK: ("float", mask.tolist()),
+        GAZE: ("bytes", [gaze_png]),
+        BOX_MASK: ("bytes", [box_png]),
+        HAS_GAZE: ("int64", [int(has_gaze)]),
+        HAS_BOXES: ("int64", [int(has_boxes)]),
+        HAS_ANNOTATION: ("int64", [int(has_gaze or has_boxes)]),
+        VIEW: ("bytes", [(rec.view or "UNKNOWN").encode()]),
+        DATASET: ("bytes", [rec.dataset.encode()]),
+        PATIENT_KEY: ("bytes", [rec.patient_key.encode()]),
+        EXAMPLE_KEY: ("bytes", [rec.example_key.encode()]),
     }
+
+
+def to_example(rec: ExampleRecord):
+    """Serialise an :class:`ExampleRecord` to a ``tf.train.Example``."""
+    import tensorflow as tf
+
+    def feature(kind: str, values: list):
+        if kind == "bytes":
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+        if kind == "float":
+            return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+    feats = {k: feature(kind, vals) for k, (kind, vals) in example_values(rec).items()}
     return tf.train.Example(features=tf.train.Features(feature=feats))
 
 

@@ -63,36 +63,8 @@ def serialize_features(feats: Dict[str, Tuple[str, Sequence]]) -> bytes:
     return _field(1, entries)
 
 
-def example_features(rec: F.ExampleRecord) -> Dict[str, Tuple[str, Sequence]]:
-    """The feature values of :func:`cxr_tfp.features.to_example`, as plain Python values."""
-    size = int(rec.image.shape[0])
-    if rec.image.shape != (size, size):
-        raise ValueError(f"image must be square 2-D, got {rec.image.shape}")
-    for name, m in (("gaze", rec.gaze), ("box_mask", rec.box_mask)):
-        if m is not None and m.shape != rec.image.shape:
-            raise ValueError(f"{name} shape {m.shape} does not match image {rec.image.shape}")
-    labels = np.asarray(rec.labels, np.float32).reshape(-1)
-    mask = np.asarray(rec.label_mask, np.float32).reshape(-1)
-    if labels.shape != (F.NUM_FINDINGS,) or mask.shape != (F.NUM_FINDINGS,):
-        raise ValueError(f"labels/mask must have {F.NUM_FINDINGS} values")
-    has_gaze, has_boxes = rec.gaze is not None, rec.box_mask is not None
-    gaze_png = F.encode_png(F._to_uint8_map(rec.gaze)) if has_gaze else b""
-    box_png = F.encode_png((np.asarray(rec.box_mask) > 0).astype(np.uint8) * 255) if has_boxes else b""
-    return {
-        F.IMAGE: ("bytes", [F.encode_png(np.asarray(rec.image, np.uint8))]),
-        F.IMAGE_SIZE: ("int64", [size]),
-        F.LABELS: ("float", (labels * mask).tolist()),
-        F.LABEL_MASK: ("float", mask.tolist()),
-        F.GAZE: ("bytes", [gaze_png]),
-        F.BOX_MASK: ("bytes", [box_png]),
-        F.HAS_GAZE: ("int64", [int(has_gaze)]),
-        F.HAS_BOXES: ("int64", [int(has_boxes)]),
-        F.HAS_ANNOTATION: ("int64", [int(has_gaze or has_boxes)]),
-        F.VIEW: ("bytes", [(rec.view or "UNKNOWN").encode()]),
-        F.DATASET: ("bytes", [rec.dataset.encode()]),
-        F.PATIENT_KEY: ("bytes", [rec.patient_key.encode()]),
-        F.EXAMPLE_KEY: ("bytes", [rec.example_key.encode()]),
-    }
+# The feature values themselves are defined once, in the record contract.
+example_features = F.example_values
 
 
 def serialize(rec: F.ExampleRecord) -> bytes:
