@@ -15,7 +15,6 @@ import os
 import struct
 from typing import Dict, List, Sequence, Tuple, Union
 
-import numpy as np
 
 from cxr_tfp import features as F
 
