@@ -139,7 +139,7 @@ def stage1_dataset(cfg: TrainConfig, files: Sequence[str]):
 
         aug = make_augmenter(cfg.seed)
         ds = ds.map(lambda x, y: (aug(x), y), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=not cfg.shuffle)
+                    deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
