@@ -19,10 +19,9 @@ Programmatic use (the TFX demo)::
 Each result is ``{"file", "model", "version", "signature", "findings": [{"finding", "probability",
 "uncertainty", "threshold", "above_threshold"}, ...]}``.
 
-Finding names and operating thresholds are not part of a Predict response (TF Serving's metadata
-API exposes signature shapes only), so they come, in order of preference, from string / float
-outputs ``LABEL_NAMES_OUTPUT`` / ``THRESHOLDS_OUTPUT`` if the export ever provides them (it does
-not today), from explicit ``labels`` / ``thresholds`` arguments, from a local copy of the SavedModel
+Finding names and operating thresholds come, in order of preference, from the image signature's
+string / float outputs ``LABEL_NAMES_OUTPUT`` / ``THRESHOLDS_OUTPUT`` (the export writes them; TF
+Serving's metadata API exposes signature shapes only), from explicit ``labels`` / ``thresholds`` arguments, from a local copy of the SavedModel
 (``model_dir``: ``assets/labels.txt`` and ``assets/thresholds.json``), and finally ``finding_<i>``
 with threshold 0.5 (flagged by ``threshold_source`` so nobody mistakes it for the model's
 operating point).
@@ -46,9 +45,9 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RETRIES = 3
 DEFAULT_BATCH = 16
 FALLBACK_THRESHOLD = 0.5
-# Optional extra outputs the export may add (per-row copies, so server-side batching can split them).
-LABEL_NAMES_OUTPUT = "label_names"
-THRESHOLDS_OUTPUT = "thresholds"
+# Per-row finding names and thresholds returned by the image signature (see cxr_tfp.features).
+LABEL_NAMES_OUTPUT = features.LABEL_NAMES
+THRESHOLDS_OUTPUT = features.THRESHOLDS
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

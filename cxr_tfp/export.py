@@ -22,13 +22,16 @@ from cxr_tfp import features as F
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
-def _build_module(model, num_samples: int, label_path: str, threshold_path: str):
+def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
+                  thresholds: Dict[str, float]):
     import tensorflow as tf
 
     from cxr_tfp.preprocess import decode_image
 
     size = int(model.image_size)
     scatter = tf.constant(model.full_scatter)
+    names = tf.constant(list(model.findings), tf.string)
+    thr = tf.constant([thresholds[f] for f in model.findings], tf.float32)
 
     class ServingModule(tf.Module):
         def __init__(self):
@@ -38,6 +41,8 @@ def _build_module(model, num_samples: int, label_path: str, threshold_path: str)
             self.thresholds_asset = tf.saved_model.Asset(threshold_path)
 
         def _predict_encoded(self, encoded):
+            # Under a real tensorflow_model_server an empty batch would otherwise fail deep in a conv.
+            tf.debugging.assert_positive(tf.size(encoded), message="empty batch: send at least one image")
             images = tf.map_fn(lambda b: decode_image(b, size), encoded,
                                fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
             mean, std = self.model.predict_from_features(self.model.features(images, training=False),
@@ -54,7 +59,10 @@ def _build_module(model, num_samples: int, label_path: str, threshold_path: str)
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGES_INPUT)])
         def serve_images(self, images):
             mean, std = self._predict_encoded(images)
-            return {F.PROBABILITIES: mean, F.UNCERTAINTY: std}
+            rows = tf.shape(mean)[:1]
+            return {F.PROBABILITIES: mean, F.UNCERTAINTY: std,
+                    F.LABEL_NAMES: tf.tile(names[None], tf.concat([rows, [1]], 0)),
+                    F.THRESHOLDS: tf.tile(thr[None], tf.concat([rows, [1]], 0))}
 
     return ServingModule()
 
@@ -124,7 +132,7 @@ def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None
             fh.write("\n".join(model.findings) + "\n")
         with open(threshold_path, "w") as fh:
             json.dump(thr, fh, indent=2)
-        module = _build_module(model, s, label_path, threshold_path)
+        module = _build_module(model, s, label_path, threshold_path, thr)
         signatures = {
             F.SERVING_SIGNATURE: _rename_inputs(module.serve_examples, F.EXAMPLES_INPUT),
             F.IMAGE_SIGNATURE: _rename_inputs(module.serve_images, F.IMAGES_INPUT),

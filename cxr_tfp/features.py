@@ -43,6 +43,9 @@ PROBABILITIES = "probabilities"        # float[B, L]: mean over latent samples
 UNCERTAINTY = "uncertainty"            # float[B, L]: std over latent samples
 PROBABILITIES_FULL = "probabilities_full"  # float[B, NUM_FINDINGS]: PROBABILITIES scattered to their
                                            # FINDINGS columns, 0 elsewhere (lines up with LABELS for TFMA)
+LABEL_NAMES = "label_names"            # string[B, L] (IMAGE_SIGNATURE): finding names, a copy per row so
+                                       # TF Serving's batching can split it; clients need no model files
+THRESHOLDS = "thresholds"              # float[B, L] (IMAGE_SIGNATURE): operating threshold per finding
 LABELS_ASSET = "labels.txt"            # one finding per line, in model output order
 THRESHOLDS_ASSET = "thresholds.json"   # {finding: operating threshold}
 

@@ -35,7 +35,11 @@ def test_signatures_match_the_keras_model(exported):
         assert ex[key].shape == (3, 3) and ex[key].dtype == tf.float32
         np.testing.assert_allclose(ex[key].numpy(), ref[key], atol=1e-6)
         np.testing.assert_allclose(im[key].numpy(), ref[key], atol=1e-6)
-    assert set(im) == {F.PROBABILITIES, F.UNCERTAINTY}
+    assert set(im) == {F.PROBABILITIES, F.UNCERTAINTY, F.LABEL_NAMES, F.THRESHOLDS}
+    # Names and thresholds travel with every row, in output order, so a client needs no model files.
+    assert [n.decode() for n in im[F.LABEL_NAMES].numpy()[2]] == list(model.findings)
+    # model.thresholds sets Mass and Effusion; Hernia was never evaluated and gets 0.5.
+    np.testing.assert_allclose(im[F.THRESHOLDS].numpy(), [[0.2, 0.7, 0.5]] * 3)
     full = ex[F.PROBABILITIES_FULL].numpy()
     assert full.shape == (3, len(FINDINGS))
     for j, name in enumerate(model.findings):

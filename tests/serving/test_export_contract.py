@@ -158,3 +158,12 @@ def test_empty_batch_is_rejected_in_process(loaded):
                      (features.SERVING_SIGNATURE, features.EXAMPLES_INPUT)):
         with pytest.raises(tf.errors.InvalidArgumentError):
             loaded.signatures[sig](**{key: tf.constant([], tf.string)})
+
+
+def test_client_needs_no_model_files_for_the_image_signature(export_server, labels, shared_data):
+    """Over gRPC alone (no model_dir, no --labels) the names and thresholds come from the response."""
+    _, address = export_server
+    files = [str(sorted((shared_data / "nih-sample" / "images").glob("*.png"))[0])]
+    (res,) = client.predict_files(address, files, signature=features.IMAGE_SIGNATURE)
+    assert [f["finding"] for f in res["findings"]] == labels
+    assert res["threshold_source"] == "model"
