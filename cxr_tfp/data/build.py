@@ -522,6 +522,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="annotations at random places (carry no information about the findings)")
     s.add_argument("--synthetic-seed", type=int, default=None, help="default 0")
     s.add_argument("--synthetic-contrast", type=float, default=None, help="finding contrast multiplier (default 1)")
+    s.add_argument("--synthetic-decoys", type=float, default=None,
+                   help="mean number of unlabelled lesion-like decoys per image, outside the lungs (default 0)")
     s.add_argument("--synthetic-image-size", type=int, default=None,
                    help="generated image side (default: --image-size)")
     return p

@@ -8,6 +8,7 @@
       images/00000001_000.png    8-bit grey PNGs, image_size x image_size
       egd/master_sheet.csv       EGD-CXR layout: one row per annotated image (dicom_id = image stem)
       egd/fixations.csv          EGD-CXR layout: fixations (X_ORIGINAL, Y_ORIGINAL, FPOGD) of annotated images
+      decoys.csv                 unlabelled lesion-like decoys per image (only when decoys > 0)
       synthetic.json             the generation parameters
 
 and :class:`SyntheticAdapter` reads it back through the real NIH adapter plus the EGD-CXR fixation
@@ -22,6 +23,14 @@ finding is a small, low-contrast local pattern at a random place inside the lung
 - ``Mass``: a larger, fainter, lobulated blob,
 - ``Effusion``: a disc of fine horizontal stripes (a texture, not a brightness change),
 - ``Cardiomegaly``: a thin bright ring.
+
+Decoys (``decoys > 0``, off by default): each image also gets Poisson(``decoys``) lesion-like
+patterns that carry no label - copies of the four finding patterns, at the same contrast, placed in
+the soft tissue OUTSIDE the lung fields (below the diaphragm, over the heart and the chest wall).
+Image-level labels alone then leave open which bright local pattern explains a label, while the
+expert's boxes / gaze mark the true lesion: the setting where knowing where to look helps. Decoys
+are the same in the informative and control builds (they are part of the image), never labelled,
+never boxed, never fixated on, and listed in ``decoys.csv`` (image, pattern, x, y in pixels).
 
 Sizes are fractions of the image side, so the task looks the same at 64 and 1024 pixels. The
 contrast (``contrast=1.0``) is chosen so that a lesion is near the noise / rib-texture level: a small
@@ -118,6 +127,27 @@ def _sample_in_lungs(a, rng, margin: float, avoid: Sequence[Tuple[float, float]]
     return x, y
 
 
+def _sample_decoy(a, rng, lesions: Sequence[Tuple[str, float, float]]) -> Tuple[float, float]:
+    """(u, v) in the body's soft tissue outside both lung fields and clear of every lesion's box.
+
+    Clearance from a lesion: its box half-side (:data:`LESION_EXTENT`) plus the largest pattern
+    radius, so a decoy never lies inside (or spills into) an informative box.
+    """
+    sx, sy = a.get("shift_x", 0.0), a.get("shift_y", 0.0)
+    bx, by, bw, bh = 0.5 + sx, 0.56 + sy, a["body_w"], a["body_h"]
+    reach = max(LESION_EXTENT.values())
+    for _ in range(1000):
+        r, t = math.sqrt(rng.uniform(0, 1)) * 0.9, rng.uniform(0, 2 * math.pi)
+        x, y = bx + r * bw * math.cos(t), by + r * bh * math.sin(t)
+        if not (reach <= x <= 1 - reach and reach <= y <= 1 - reach):
+            continue
+        if any(math.hypot((x - cx) / ax, (y - cy) / ay) < 1.1 for cx, cy, ax, ay in _lung_fields(a)):
+            continue
+        if all(max(abs(x - lx), abs(y - ly)) > LESION_EXTENT[n] + reach for n, lx, ly in lesions):
+            return x, y
+    raise RuntimeError("could not place a decoy outside the lungs")
+
+
 def render(a: Dict[str, float], lesions: Sequence[Tuple[str, float, float]], size: int,
            rng: np.random.Generator, contrast: float = 1.0) -> np.ndarray:
     """One chest-like image (uint8 [size, size]) with the given lesions at (u, v) in [0, 1]."""
@@ -206,11 +236,15 @@ def _choose_patients(n: int, salt: Optional[str], fractions) -> List[Tuple[int, 
 def generate(root: Union[str, Path], n_patients: int = 60, images_per_patient: int = 2,
              image_size: int = 256, annotated_fraction: float = 0.35, informative: bool = True,
              seed: int = 0, prevalence: float = 0.3, contrast: float = 1.0, salt: Optional[str] = None,
-             split_fractions=None, processes: int = 1) -> Path:
+             split_fractions=None, processes: int = 1, decoys: float = 0.0) -> Path:
     """Write the synthetic dataset into ``root`` (see module docstring) and return ``root``.
 
     ``processes > 1`` renders the images in parallel (same bytes: each image has its own seed).
+    ``decoys``: mean number of unlabelled lesion-like patterns per image outside the lungs (Poisson);
+    0 (default) leaves the images exactly as without the option.
     """
+    if decoys < 0:
+        raise ValueError(f"decoys must be >= 0, got {decoys}")
     root = Path(root)
     if n_patients < 1 or images_per_patient < 1 or image_size < 32:
         raise ValueError("need n_patients >= 1, images_per_patient >= 1, image_size >= 32")
@@ -241,8 +275,15 @@ def generate(root: Union[str, Path], n_patients: int = 60, images_per_patient: i
         n_ann = min(len(idx), max(1, int(round(annotated_fraction * len(idx))))) if annotated_fraction > 0 else 0
         for i in rng.permutation(idx)[:n_ann]:
             images[int(i)]["annotated"] = True
-    jobs = [(str(root / "images" / im["name"]), im["anat"], im["lesions"], image_size, im["seed"], contrast)
-            for im in images]
+    for im in images:
+        # Own stream per image (seed + 2): the labelled content and annotations do not change with decoys.
+        drng = np.random.default_rng(im["seed"] + 2)
+        n_dec = int(drng.poisson(decoys)) if decoys > 0 else 0
+        im["decoys"] = [(SYNTHETIC_FINDINGS[int(drng.integers(0, len(SYNTHETIC_FINDINGS)))],)
+                        + _sample_decoy(im["anat"], drng, im["lesions"]) for _ in range(n_dec)]
+    # Decoys are drawn after the lesions, so the lesions' rendering stream is unchanged by them.
+    jobs = [(str(root / "images" / im["name"]), im["anat"], im["lesions"] + im["decoys"], image_size,
+             im["seed"], contrast) for im in images]
     if processes and processes > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
@@ -265,10 +306,17 @@ def generate(root: Union[str, Path], n_patients: int = 60, images_per_patient: i
         im["boxes"] = [(n, _box(n, x, y, image_size)) for n, x, y in targets]
         im["fix"] = _fixations(im["anat"], arng, targets)
     _write_tables(root, images, image_size, informative)
+    if decoys > 0:
+        with open(root / "decoys.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["Image Index", "Pattern", "x", "y"])
+            for im in images:
+                for n, x, y in im["decoys"]:
+                    w.writerow([im["name"], n, f"{x * image_size:.3f}", f"{y * image_size:.3f}"])
     meta = {"generator": "cxr_tfp.datasets.synthetic", "version": 1, "n_patients": n_patients,
             "images_per_patient": images_per_patient, "image_size": image_size,
             "annotated_fraction": annotated_fraction, "informative": bool(informative), "seed": seed,
-            "prevalence": prevalence, "contrast": contrast, "findings": list(SYNTHETIC_FINDINGS),
+            "prevalence": prevalence, "contrast": contrast, "decoys": float(decoys), "findings": list(SYNTHETIC_FINDINGS),
             "salt_fingerprint": salt_fingerprint(salt), "n_images": len(images),
             "n_annotated": sum(1 for im in images if im.get("annotated")),
             "gaze_sigma_fraction": GAZE_SIGMA_FRAC}
@@ -332,7 +380,8 @@ class SyntheticAdapter(NIHAdapter):
     def __init__(self, root, synthetic_patients: int = 60, synthetic_control: bool = False,
                  synthetic_images_per_patient: int = 2, synthetic_image_size: Optional[int] = None,
                  synthetic_annotated_fraction: float = 0.35, synthetic_seed: int = 0,
-                 synthetic_contrast: float = 1.0, image_size: int = 256, salt: Optional[str] = None,
+                 synthetic_contrast: float = 1.0, synthetic_decoys: float = 0.0,
+                 image_size: int = 256, salt: Optional[str] = None,
                  split_fractions=None, **options):
         super().__init__(root, use_official_split=False, salt=salt, split_fractions=split_fractions, **options)
         self.gen_kwargs = dict(n_patients=int(synthetic_patients),
@@ -340,7 +389,8 @@ class SyntheticAdapter(NIHAdapter):
                                image_size=int(synthetic_image_size or image_size),
                                annotated_fraction=float(synthetic_annotated_fraction),
                                informative=not synthetic_control, seed=int(synthetic_seed),
-                               contrast=float(synthetic_contrast), salt=salt, split_fractions=split_fractions)
+                               contrast=float(synthetic_contrast), decoys=float(synthetic_decoys),
+                               salt=salt, split_fractions=split_fractions)
         self.generated = False
 
     def ensure(self) -> None:

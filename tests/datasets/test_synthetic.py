@@ -119,3 +119,61 @@ def test_adapter_generates_when_missing_then_reads_back(tmp_path):
     b = SyntheticAdapter(tmp_path / "fresh", synthetic_patients=99)
     b.check()
     assert not b.generated   # an existing label table is read, not regenerated
+
+
+@pytest.fixture(scope="module")
+def decoy_pair(tmp_path_factory):
+    base = tmp_path_factory.mktemp("decoys")
+    kw = dict(n_patients=12, image_size=64, seed=5, contrast=3.0)
+    plain = generate(base / "plain", **kw)
+    inf = generate(base / "informative", decoys=2.0, **kw)
+    ctl = generate(base / "control", decoys=2.0, informative=False, **kw)
+    return plain, inf, ctl
+
+
+def _decoys(root):
+    with open(root / "decoys.csv") as fh:
+        return [(r[0], r[1], float(r[2]), float(r[3])) for r in list(csv.reader(fh))[1:]]
+
+
+def test_decoys_change_images_only_not_labels_or_annotations(decoy_pair):
+    plain, inf, _ = decoy_pair
+    assert not (plain / "decoys.csv").exists()
+    for name in ("Data_Entry_2017.csv", "BBox_List_2017.csv", "egd/fixations.csv", "egd/master_sheet.csv"):
+        assert (plain / name).read_text() == (inf / name).read_text(), name
+    dec = _decoys(inf)
+    assert len(dec) >= 24 * 1.0   # Poisson(2) per image over 24 images
+    assert {d[1] for d in dec} <= set(SYNTHETIC_FINDINGS)
+    # Each decoy is drawn into its image: the pixels at its centre differ from the decoy-free image
+    # far more than the pixel noise elsewhere (the noise draw shifts when a decoy is drawn).
+    for name, _, x, y in dec[:10]:
+        a = np.asarray(Image.open(plain / "images" / name), np.float32)
+        b = np.asarray(Image.open(inf / "images" / name), np.float32)
+        cx, cy = int(x), int(y)
+        local = np.abs(b - a)[max(cy - 2, 0):cy + 3, max(cx - 2, 0):cx + 3].max()
+        assert local > 4 * np.median(np.abs(b - a)) + 10, name
+    assert json.loads((inf / "synthetic.json").read_text())["decoys"] == 2.0
+
+
+def test_decoys_are_outside_every_informative_box_and_shared_by_the_control(decoy_pair):
+    _, inf, ctl = decoy_pair
+    with open(inf / "BBox_List_2017.csv") as fh:
+        boxes = [(r[0], *(float(v) for v in r[2:6])) for r in list(csv.reader(fh))[1:]]
+    annotated_with_decoys = 0
+    for name, _, x, y in _decoys(inf):
+        own = [b for b in boxes if b[0] == name]
+        annotated_with_decoys += bool(own)
+        for _, bx, by, bw, bh in own:
+            assert not (bx <= x <= bx + bw and by <= y <= by + bh), name
+    assert annotated_with_decoys > 0   # the check above actually ran on boxed images
+    assert _decoys(ctl) == _decoys(inf)
+    for a, b in zip(sorted((inf / "images").glob("*.png")), sorted((ctl / "images").glob("*.png"))):
+        assert a.read_bytes() == b.read_bytes()
+
+
+def test_decoys_option_reaches_the_generator_and_rejects_negatives(tmp_path):
+    a = SyntheticAdapter(tmp_path / "d", synthetic_patients=3, synthetic_decoys=1.5, image_size=64)
+    a.check()
+    assert json.loads((tmp_path / "d" / "synthetic.json").read_text())["decoys"] == 1.5
+    with pytest.raises(ValueError, match="decoys"):
+        generate(tmp_path / "neg", n_patients=3, image_size=64, decoys=-1)
