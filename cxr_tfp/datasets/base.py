@@ -32,6 +32,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 
 from cxr_tfp.annotations import Gaze, Region
+from cxr_tfp import labels as L
 from cxr_tfp.labels import FINDINGS
 
 NUM_FINDINGS = len(FINDINGS)
@@ -111,6 +112,35 @@ class Adapter:
 
 def empty_labels() -> Tuple[np.ndarray, np.ndarray]:
     return np.zeros(NUM_FINDINGS, np.float32), np.zeros(NUM_FINDINGS, np.float32)
+
+
+def parse_finding_list(text: str, vocabulary: Sequence[str], vocabulary_desc: str,
+                       require_nonempty: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """``'Effusion|Mass'`` -> (labels, mask) over FINDINGS; every finding of ``vocabulary`` is known.
+
+    Raises ``ValueError`` naming an unknown finding, one outside ``vocabulary`` (described by
+    ``vocabulary_desc`` in the message), an empty list when ``require_nonempty``, or
+    'No Finding' together with findings.
+    """
+    labels, mask = empty_labels()
+    for name in vocabulary:
+        mask[L.FINDINGS.index(name)] = 1.0
+    names = [n.strip() for n in str(text).split("|") if n.strip()]
+    if require_nonempty and not names:
+        raise ValueError("empty Finding Labels")
+    for n in names:
+        if n in L.NON_FINDINGS:
+            continue
+        try:
+            h = L.harmonise(n)
+        except KeyError:
+            raise ValueError(f"unknown finding {n!r}") from None
+        if h not in vocabulary:
+            raise ValueError(f"finding {n!r} is not {vocabulary_desc}")
+        labels[L.FINDINGS.index(h)] = 1.0
+    if any(n in L.NON_FINDINGS for n in names) and labels.any():
+        raise ValueError("'No Finding' together with findings")
+    return labels, mask
 
 
 def apply_policy(value: Optional[float], uncertain: str, blank: str) -> Optional[Tuple[float, float]]:

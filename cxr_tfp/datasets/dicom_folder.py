@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from cxr_tfp import labels as L
 from cxr_tfp.datasets.base import (Adapter, DatasetLayoutError, Item, Rejected, SourceRecord,
-                                   empty_labels, read_dict_csv, rel)
+                                   empty_labels, parse_finding_list, read_dict_csv, rel)
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
@@ -51,21 +51,8 @@ def find_dicoms(root: Path) -> List[Path]:
 
 
 def parse_labels(text: str, vocabulary) -> Tuple:
-    labels, mask = empty_labels()
-    for name in vocabulary:
-        mask[L.FINDINGS.index(name)] = 1.0
-    names = [n.strip() for n in str(text).split("|") if n.strip()]
-    for n in names:
-        if n in L.NON_FINDINGS:
-            continue
-        try:
-            h = L.harmonise(n)
-        except KeyError:
-            raise ValueError(f"unknown finding {n!r}") from None
-        if h not in vocabulary:
-            raise ValueError(f"finding {n!r} is not in --label-vocabulary")
-        labels[L.FINDINGS.index(h)] = 1.0
-    return labels, mask
+    """``'Effusion|Mass'`` from the optional label table -> (labels, mask) over ``vocabulary``."""
+    return parse_finding_list(text, vocabulary, "in --label-vocabulary")
 
 
 class DicomFolderAdapter(Adapter):

@@ -31,7 +31,8 @@ import numpy as np
 from cxr_tfp import labels as L
 from cxr_tfp.annotations import Region
 from cxr_tfp.datasets.base import (Adapter, DatasetLayoutError, Item, Rejected, SourceRecord,
-                                   empty_labels, find_first, read_csv, rel, to_float)
+                                   find_first, parse_finding_list, read_csv, rel,
+                                   to_float)
 from cxr_tfp.io.views import normalise_view
 from cxr_tfp.privacy import assign_train_eval
 
@@ -62,25 +63,7 @@ def parse_findings(text: str) -> Tuple[np.ndarray, np.ndarray]:
 
     Raises ``ValueError`` naming an unknown finding.
     """
-    labels, mask = empty_labels()
-    for name in L.NIH_FINDINGS:
-        mask[L.FINDINGS.index(name)] = 1.0
-    names = [n.strip() for n in str(text).split("|") if n.strip()]
-    if not names:
-        raise ValueError("empty Finding Labels")
-    for n in names:
-        if n in L.NON_FINDINGS:
-            continue
-        try:
-            h = L.harmonise(n)
-        except KeyError:
-            raise ValueError(f"unknown finding {n!r}") from None
-        if h not in L.NIH_FINDINGS:
-            raise ValueError(f"unknown finding {n!r} (not one of the 14 NIH findings)")
-        labels[L.FINDINGS.index(h)] = 1.0
-    if any(n in L.NON_FINDINGS for n in names) and labels.any():
-        raise ValueError("'No Finding' together with findings")
-    return labels, mask
+    return parse_finding_list(text, L.NIH_FINDINGS, "one of the 14 NIH findings", require_nonempty=True)
 
 
 def read_list(path: Path) -> set:
