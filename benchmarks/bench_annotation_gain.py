@@ -9,9 +9,11 @@ Default setting (why): 400 patients (480 train images, 240 annotated), 64 px, fi
 and 1.5 unlabelled lesion-like decoys per image outside the lungs (``--synthetic-decoys``), so that
 image-level labels leave open which local pattern explains a label while boxes / gaze mark the true
 lesion. Stage 1 runs 60 epochs (after only 20, stage 2's extra head training alone raised the
-control's AUROC by 0.05, crediting stage 2 with mere extra training); stage 2 runs 100 epochs, which is cheap (it trains on cached frozen-backbone
+control's AUROC by 0.05, crediting stage 2 with mere extra training); stage 2 runs 100 epochs,
+which is cheap (it trains on cached frozen-backbone
 features, ~0.1 s/epoch) and gives the KL enough steps (~1500) to move the prior's attention.
-Training is deterministic for a seed (same numbers on a rerun on the same machine).
+Training is deterministic for a seed (op determinism on, train shards read in content order:
+see canonical_shards), so a rerun, even from a fresh build, gives the same numbers.
 
 The last column is a diagnostic on the annotated eval images: macro AUROC of the stage-2 posterior
 q(z|x,a), given the eval annotation, minus that of the image-only prior. Positive for informative
@@ -55,6 +57,27 @@ def build(root: str, control: bool, args) -> str:
         cmd.append("--synthetic-control")
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return out
+
+
+def canonical_shards(split_dir: str) -> list:
+    """The split's TFRecord shards ordered by the smallest example key each holds.
+
+    Why: the Beam build may give the same shards swapped file names from one build to the next, and
+    the input pipeline reads files in the order given, so the training order (and the AUROC, by up
+    to ~0.03 here) would depend on the build; ordering by content makes a rebuild train the same.
+    """
+    import glob
+
+    import tensorflow as tf
+
+    from cxr_tfp import features as F
+
+    def first_key(path: str) -> bytes:
+        keys = [tf.train.Example.FromString(r.numpy()).features.feature[F.EXAMPLE_KEY].bytes_list.value[0]
+                for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+        return min(keys) if keys else b""
+
+    return sorted(glob.glob(os.path.join(split_dir, "*.tfrecord*")), key=first_key)
 
 
 def annotated_eval_auroc(out: str, cfg, eval_dir: str) -> dict:
@@ -147,10 +170,12 @@ def main(argv=None) -> int:
             out = os.path.join(work, f"run_{name}_{seed}")
             shutil.rmtree(out, ignore_errors=True)   # a fresh run, never a resumed one
             t0 = time.perf_counter()
-            m = train_model(cfg, os.path.join(data, "train"), os.path.join(data, "eval"), out)
+            m = train_model(cfg, canonical_shards(os.path.join(data, "train")), os.path.join(data, "eval"),
+                            out)
             ann = annotated_eval_auroc(out, cfg, os.path.join(data, "eval"))
             rows.append({"ann_eval_prior": ann["prior"], "ann_eval_posterior": ann["posterior"],
-                         "ann_eval_n": ann["n"],"annotations": name, "seed": seed, "stage1": m["stage1"]["macro_auroc"],
+                         "ann_eval_n": ann["n"],
+                         "annotations": name, "seed": seed, "stage1": m["stage1"]["macro_auroc"],
                          "stage2": m["stage2"]["macro_auroc"], "num_eval": m["stage1"]["num_eval"],
                          "annotated_train": m["annotated_examples"], "train_examples": m["train_examples"],
                          "seconds": time.perf_counter() - t0})
