@@ -60,4 +60,5 @@ def test_tfx_cli_creates_and_runs_the_local_pipeline(tmp_path):
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     summary = R.latest_run(str(tmp_path / "out" / "tfx" / "metadata" / "cli-test" / "metadata.db"))
     assert summary.states["Trainer"] == "COMPLETE" and summary.blessed is True
-    assert R.pushed_versions(str(tmp_path / "out" / "serving" / configs.SERVING_MODEL_NAME))
+    # serving_root defaults to <output_root>/serving
+    assert R.pushed_versions(str(tmp_path / "out" / "tfx" / "serving" / configs.SERVING_MODEL_NAME))
