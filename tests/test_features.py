@@ -97,3 +97,9 @@ def test_annotated_only_keeps_the_annotated_subset(tmp_path):
 def test_list_files_names_the_missing_pattern(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         list_files(str(tmp_path / "nothing-here" / "*"))
+
+
+def test_every_adapter_writes_a_dataset_value_of_the_contract():
+    from cxr_tfp.datasets import DATASETS
+
+    assert set(DATASETS) == set(F.DATASETS)
