@@ -149,15 +149,11 @@ class PriorNet(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cxr_tfp")
-class PosteriorNet(keras.layers.Layer):
-    """q(z|x,a): features pooled by learned attention AND by the expert's map -> diagonal Gaussian."""
+class PosteriorNet(PriorNet):
+    """q(z|x,a): features pooled by learned attention AND by the expert's map -> diagonal Gaussian.
 
-    def __init__(self, latent_dim: int, hidden_dim: int, **kwargs):
-        super().__init__(**kwargs)
-        self.latent_dim = int(latent_dim)
-        self.hidden_dim = int(hidden_dim)
-        self.pool = AttentionPool(name="attention")
-        self.gauss = GaussianParams(latent_dim, hidden_dim, name="gaussian")
+    Same layers and config as :class:`PriorNet`; only the MLP's input doubles (two pooled vectors).
+    """
 
     def build(self, fmap_shape):
         self.pool.build(fmap_shape)
@@ -167,9 +163,6 @@ class PosteriorNet(keras.layers.Layer):
     def call(self, fmap, ann_weights):
         pooled = tf.concat([self.pool(fmap), weighted_pool(fmap, ann_weights)], axis=-1)
         return self.gauss(pooled)
-
-    def get_config(self):
-        return {**super().get_config(), "latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim}
 
 
 @keras.saving.register_keras_serializable(package="cxr_tfp")
