@@ -42,6 +42,8 @@ class TrainConfig:
                                          "synthetic, all) or a list / comma-separated finding names.")
     latent_dim: int = _f(32, "Size of the latent variable z.")
     hidden_dim: int = _f(128, "Hidden width of the prior / posterior networks.")
+    attention_hidden: int = _f(32, "Units of the prior's attention scorer (a 3x3 conv over the features and "
+                               "their grid coordinates); 0 = a linear 1x1 scorer of the features alone.")
     # --- loss
     beta: float = _f(1.0, "Weight of KL(q(z|x,a) || p(z|x)) in the stage-2 loss.")
     kl_warmup_epochs: int = _f(2, "Stage-2 epochs over which beta ramps linearly from beta/N to beta "
@@ -50,12 +52,18 @@ class TrainConfig:
                          "(uncertainty) meaningful; 0 disables it.")
     stage2_prior_bce: float = _f(1.0, "Stage-2 weight of the BCE on prior samples z ~ p(z|x) (hybrid CVAE "
                                  "objective: keeps the test-time prior path trained on labels); 0 = pure ELBO.")
+    posterior_attention: bool = _f(False, "Let the posterior also pool the image with its own learned "
+                                   "attention. Off by default: it can then ignore the annotation, and stage 2 "
+                                   "raised AUROC as much with random annotations as with real ones.")
     pos_weight: bool = _f(False, "Weight positive labels by neg/pos counts of the training split "
                           "(class imbalance).")
     # --- optimisation
     stage1_lr: float = _f(1e-3, "Adam learning rate in stage 1 (backbone + prior + classifier).")
     stage1_epochs: int = _f(10, "Epochs of stage 1 (all globally labelled images).")
     stage2_lr: float = _f(1e-3, "Adam learning rate in stage 2 (annotated subset).")
+    lr_schedule: str = _f("constant", "Learning rate over each stage: 'constant', or 'cosine' (decays from "
+                          "the stage's rate to 0 over its epochs; on the synthetic annotation-gain benchmark "
+                          "it measured worse for stage 2, see docs/model.md).", ("constant", "cosine"))
     stage2_epochs: int = _f(10, "Epochs of stage 2 (0 skips it).")
     batch_size: int = _f(32, "Global batch size (split over replicas under a distribute strategy).")
     num_samples: int = _f(20, "Latent samples S drawn from the prior at prediction: mean = probability, "
@@ -101,7 +109,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"config: {name}={getattr(self, name)!r} must be >= 1")
-        for name in ("stage2_epochs", "kl_warmup_epochs"):
+        for name in ("stage2_epochs", "kl_warmup_epochs", "attention_hidden"):
             if getattr(self, name) < 0:
                 raise ValueError(f"config: {name}={getattr(self, name)!r} must be >= 0")
         for name in ("stage1_lr", "stage2_lr"):

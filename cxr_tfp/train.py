@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -193,6 +194,23 @@ def cached_dataset(cache: Dict[str, np.ndarray], cfg: TrainConfig):
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def learning_rate_for(cfg: TrainConfig, stage: int, scan: Dict[str, Any]):
+    """The stage's learning rate: a float, or a cosine decay to 0 over the stage's optimizer steps.
+
+    The schedule reads ``optimizer.iterations``, which the epoch checkpoints restore, so a resumed
+    stage continues the same curve.
+    """
+    import keras
+
+    lr = cfg.stage1_lr if stage == 1 else cfg.stage2_lr
+    epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
+    if cfg.lr_schedule == "constant" or epochs == 0:
+        return lr
+    n = scan["num_examples"] if stage == 1 else scan["annotated"]
+    steps = max(1, epochs * int(math.ceil(n / cfg.batch_size)))
+    return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps, alpha=0.0)
+
+
 # ---------------------------------------------------------------------------------------- evaluation
 def predict_split(model, cfg: TrainConfig, files: Sequence[str]) -> Tuple[np.ndarray, ...]:
     """``(probabilities, uncertainty, labels, mask)`` over a split, prior-only prediction."""
@@ -369,11 +387,10 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
     def run_stage(stage: int, dataset_fn, on_fresh_start=None) -> None:
         key = f"stage{stage}"
         epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
-        lr = cfg.stage1_lr if stage == 1 else cfg.stage2_lr
         ckpt_dir = os.path.join(out_dir, "checkpoints", key)
         with strategy.scope():
             model.set_stage(stage, cfg.freeze)
-            model.compile(optimizer=keras.optimizers.Adam(lr))
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate_for(cfg, stage, scan)))
             done = restore_checkpoint(model, ckpt_dir)
             if done == 0 and on_fresh_start is not None:
                 on_fresh_start()

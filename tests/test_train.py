@@ -178,3 +178,16 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_single_device(data, tmp_pa
     # summation order differs (measured max |diff| ~3e-4, while training moved predictions far more)
     np.testing.assert_allclose(mirrored, single, atol=2e-3)
     assert np.abs(single - untrained).max() > 10 * 2e-3
+
+
+def test_cosine_schedule_spans_each_stage_and_constant_is_a_float():
+    from cxr_tfp.train import learning_rate_for
+
+    cfg = small_cfg(stage1_epochs=3, stage2_epochs=2, batch_size=4, stage1_lr=0.01, stage2_lr=0.002)
+    scan = {"num_examples": 10, "annotated": 5}          # 3 and 2 steps per epoch
+    s1, s2 = learning_rate_for(cfg, 1, scan), learning_rate_for(cfg, 2, scan)
+    assert float(s1(0)) == pytest.approx(0.01) and float(s1(9)) == pytest.approx(0.0, abs=1e-9)
+    assert float(s1(4.5)) == pytest.approx(0.005, rel=1e-5)          # half-way: half the rate
+    assert float(s2(0)) == pytest.approx(0.002) and float(s2(4)) == pytest.approx(0.0, abs=1e-9)
+    assert float(s2(2)) == pytest.approx(0.001, rel=1e-5)
+    assert learning_rate_for(small_cfg(lr_schedule="constant", stage1_lr=0.01), 1, scan) == 0.01

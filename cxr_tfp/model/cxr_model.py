@@ -66,7 +66,7 @@ class CxrModel(keras.Model):
                  findings: Sequence[str] | str = "synthetic", latent_dim: int = 16, hidden_dim: int = 64,
                  num_samples: int = 20, seed: int = 0, annotation: str = "gaze+boxes",
                  beta: float = 1.0, train_samples: int = 1, prior_kl: float = 0.0,
-                 prior_bce: float = 0.0,
+                 prior_bce: float = 0.0, posterior_attention: bool = False, attention_hidden: int = 0,
                  pos_weight: Optional[Sequence[float]] = None,
                  thresholds: Optional[Dict[str, float]] = None,
                  weights: Optional[str] = None, **kwargs):
@@ -84,6 +84,8 @@ class CxrModel(keras.Model):
         self.train_samples = int(train_samples)
         self.prior_kl = float(prior_kl)
         self.prior_bce = float(prior_bce)
+        self.posterior_attention = bool(posterior_attention)
+        self.attention_hidden = int(attention_hidden)
         self.pos_weight = None if pos_weight is None else [float(v) for v in pos_weight]
         self.thresholds = {f: 0.5 for f in self.findings}
         if thresholds:
@@ -92,7 +94,9 @@ class CxrModel(keras.Model):
         self.backbone = build_backbone(backbone, self.image_size, self.channels, weights)
         self.grid_hw = tuple(int(d) for d in self.backbone.output_shape[1:3])
         self.feature_dim = int(self.backbone.output_shape[-1])
-        self.head = LatentHead(self.latent_dim, self.hidden_dim, len(self.findings), name="latent_head")
+        self.head = LatentHead(self.latent_dim, self.hidden_dim, len(self.findings),
+                               posterior_attention=self.posterior_attention,
+                               attention_hidden=self.attention_hidden, name="latent_head")
         self.head.build((None,) + self.grid_hw + (self.feature_dim,))
         # KL warm-up factor in [0, 1], set per epoch by the trainer (a variable: no retracing).
         self.kl_scale = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="kl_scale")
@@ -289,7 +293,8 @@ class CxrModel(keras.Model):
             "channels": self.channels, "findings": list(self.findings), "latent_dim": self.latent_dim,
             "hidden_dim": self.hidden_dim, "num_samples": self.num_samples, "seed": self.seed,
             "annotation": self.annotation, "beta": self.beta, "train_samples": self.train_samples,
-            "prior_kl": self.prior_kl, "prior_bce": self.prior_bce,
+            "prior_kl": self.prior_kl, "prior_bce": self.prior_bce, 
+            "posterior_attention": self.posterior_attention, "attention_hidden": self.attention_hidden,
             "pos_weight": self.pos_weight, "thresholds": dict(self.thresholds),
         }
 
@@ -308,6 +313,8 @@ def build_model(config) -> CxrModel:
                     hidden_dim=config.hidden_dim, num_samples=config.num_samples, seed=config.seed,
                     annotation=config.annotation, beta=config.beta, train_samples=config.train_samples,
                     prior_kl=config.prior_kl, prior_bce=config.stage2_prior_bce,
+                    posterior_attention=config.posterior_attention,
+                    attention_hidden=config.attention_hidden,
                     weights=config.weights, name="cxr_model")
 
 

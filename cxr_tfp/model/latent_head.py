@@ -6,10 +6,12 @@ Design (why): both networks read the backbone's spatial feature map F [B, h, w, 
   look".
 - The posterior pools F with the expert's annotation (gaze heatmap and/or box mask) downsampled to
   the map's grid (area average, normalised to sum 1) and maps it with the SAME MLP g, plus a learned
-  residual from its own attention-pooled and annotation-pooled features (zero at the start of stage 2):
-  q(z|x,a) = N(g(pool_a F) + r(pool_att' F, pool_a F)). Sharing g means KL(q || p) asks the prior's
+  residual from the annotation-pooled features (zero at the start of stage 2):
+  q(z|x,a) = N(g(pool_a F) + r(pool_a F)). Sharing g means KL(q || p) asks the prior's
   attention to pool what the expert looked at - a direct path for the distillation - and the
   posterior only needs F and the annotation on the grid, so stage 2 runs on cached feature maps.
+  The posterior sees the image only where the expert looked (see :class:`PosteriorNet` for why its
+  own learned attention is off by default).
 - The classifier sees only z (a bottleneck), so whatever the KL term distils into the prior directly
   changes the prediction; the spread of z over samples gives the uncertainty.
 Images without a usable annotation use the prior as posterior (q = p, KL = 0).
@@ -74,25 +76,54 @@ def combine_annotation(ann_grid, has_gaze, has_boxes, mode: str):
 
 @keras.saving.register_keras_serializable(package="cxr_tfp")
 class AttentionPool(keras.layers.Layer):
-    """Learned spatial attention pooling: 1x1 conv logits -> softmax over cells -> weighted sum."""
+    """Learned spatial attention pooling: logits per cell -> softmax over cells -> weighted sum.
 
-    def __init__(self, **kwargs):
+    ``hidden=0``: the logits are a 1x1 conv of the features (a linear scorer). ``hidden>0``: a 3x3
+    conv with ``hidden`` ReLU units over the features plus two coordinate channels, then a 1x1 conv.
+    Why: a cell's own features cannot tell a lesion from a lesion-like pattern outside the lungs;
+    the neighbourhood and the position can. On the annotation-gain benchmark this scorer raised the
+    posterior's lead over the prior and the stage-1 AUROC (see docs/model.md).
+    """
+
+    def __init__(self, hidden: int = 0, **kwargs):
         super().__init__(**kwargs)
+        self.hidden = int(hidden)
+        self.context = (keras.layers.Conv2D(self.hidden, 3, padding="same", activation="relu", name="context")
+                        if self.hidden else None)
         self.score = keras.layers.Conv2D(1, 1, name="score")
 
     def build(self, input_shape):
-        self.score.build(input_shape)
+        if self.context is not None:
+            self.context.build(tuple(input_shape[:-1]) + (input_shape[-1] + 2,))
+            self.score.build(tuple(input_shape[:-1]) + (self.hidden,))
+        else:
+            self.score.build(input_shape)
         self.built = True
 
     def attention(self, fmap):
         """Attention weights ``[B, h, w]`` (sum 1 per image)."""
-        logits = self.score(fmap)[..., 0]
+        if self.context is not None:
+            logits = self.score(self.context(tf.concat([fmap, grid_coordinates(fmap)], axis=-1)))[..., 0]
+        else:
+            logits = self.score(fmap)[..., 0]
         shape = tf.shape(logits)
         flat = tf.nn.softmax(tf.reshape(logits, [shape[0], -1]), axis=-1)
         return tf.reshape(flat, shape)
 
     def call(self, fmap):
         return weighted_pool(fmap, self.attention(fmap))
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.hidden}
+
+
+def grid_coordinates(fmap):
+    """``[B, h, w, 2]`` cell-centre coordinates (row, column) in [-1, 1] for a feature map."""
+    shape = tf.shape(fmap)
+    rows = tf.linspace(-1.0, 1.0, shape[1])
+    cols = tf.linspace(-1.0, 1.0, shape[2])
+    gy, gx = tf.meshgrid(rows, cols, indexing="ij")
+    return tf.tile(tf.stack([gy, gx], axis=-1)[None], [shape[0], 1, 1, 1])
 
 
 def weighted_pool(fmap, weights):
@@ -129,11 +160,12 @@ class GaussianParams(keras.layers.Layer):
 class PriorNet(keras.layers.Layer):
     """p(z|x): attention-pooled image features -> diagonal Gaussian."""
 
-    def __init__(self, latent_dim: int, hidden_dim: int, **kwargs):
+    def __init__(self, latent_dim: int, hidden_dim: int, attention_hidden: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.latent_dim = int(latent_dim)
         self.hidden_dim = int(hidden_dim)
-        self.pool = AttentionPool(name="attention")
+        self.attention_hidden = int(attention_hidden)
+        self.pool = AttentionPool(self.attention_hidden, name="attention")
         self.gauss = GaussianParams(latent_dim, hidden_dim, name="gaussian")
 
     def build(self, fmap_shape):
@@ -145,37 +177,63 @@ class PriorNet(keras.layers.Layer):
         return self.gauss(self.pool(fmap))
 
     def get_config(self):
-        return {**super().get_config(), "latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim}
+        return {**super().get_config(), "latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim,
+                "attention_hidden": self.attention_hidden}
 
 
 @keras.saving.register_keras_serializable(package="cxr_tfp")
-class PosteriorNet(PriorNet):
-    """q(z|x,a): features pooled by learned attention AND by the expert's map -> diagonal Gaussian.
+class PosteriorNet(keras.layers.Layer):
+    """The residual of q(z|x,a): features pooled by the expert's map -> ``(d_mu, d_logvar)``.
 
-    Same layers and config as :class:`PriorNet`; only the MLP's input doubles (two pooled vectors).
+    ``use_attention=False`` (default): the posterior reads the image only where the expert looked.
+    Why: with its own learned attention as a second input (``use_attention=True``) it can ignore
+    the annotation and become a second image-only prior; stage 2 then raised held-out AUROC just as
+    much with random (control) annotations as with real ones (a self-distillation effect, measured
+    in ``benchmarks/bench_annotation_gain.py``), so the gain could not be credited to the experts.
     """
 
+    def __init__(self, latent_dim: int, hidden_dim: int, use_attention: bool = False, attention_hidden: int = 0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = int(latent_dim)
+        self.hidden_dim = int(hidden_dim)
+        self.use_attention = bool(use_attention)
+        self.attention_hidden = int(attention_hidden)
+        self.pool = AttentionPool(self.attention_hidden, name="attention") if self.use_attention else None
+        self.gauss = GaussianParams(latent_dim, hidden_dim, name="gaussian")
+
     def build(self, fmap_shape):
-        self.pool.build(fmap_shape)
-        self.gauss.build((fmap_shape[0], 2 * fmap_shape[-1]))
+        if self.pool is not None:
+            self.pool.build(fmap_shape)
+        self.gauss.build((fmap_shape[0], (2 if self.use_attention else 1) * fmap_shape[-1]))
         self.built = True
 
     def call(self, fmap, ann_weights):
-        pooled = tf.concat([self.pool(fmap), weighted_pool(fmap, ann_weights)], axis=-1)
+        pooled = weighted_pool(fmap, ann_weights)
+        if self.pool is not None:
+            pooled = tf.concat([self.pool(fmap), pooled], axis=-1)
         return self.gauss(pooled)
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim,
+                "use_attention": self.use_attention, "attention_hidden": self.attention_hidden}
 
 
 @keras.saving.register_keras_serializable(package="cxr_tfp")
 class LatentHead(keras.layers.Layer):
     """Prior, posterior and classifier on a backbone feature map (see module docstring)."""
 
-    def __init__(self, latent_dim: int, hidden_dim: int, num_findings: int, **kwargs):
+    def __init__(self, latent_dim: int, hidden_dim: int, num_findings: int,
+                 posterior_attention: bool = False, attention_hidden: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.latent_dim = int(latent_dim)
         self.hidden_dim = int(hidden_dim)
         self.num_findings = int(num_findings)
-        self.prior = PriorNet(latent_dim, hidden_dim, name="prior")
-        self.posterior = PosteriorNet(latent_dim, hidden_dim, name="posterior")
+        self.posterior_attention = bool(posterior_attention)
+        self.attention_hidden = int(attention_hidden)
+        self.prior = PriorNet(latent_dim, hidden_dim, self.attention_hidden, name="prior")
+        self.posterior = PosteriorNet(latent_dim, hidden_dim, use_attention=self.posterior_attention,
+                                      attention_hidden=self.attention_hidden, name="posterior")
         self.classifier = keras.layers.Dense(self.num_findings, name="classifier")
 
     def build(self, fmap_shape):
@@ -197,4 +255,5 @@ class LatentHead(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim,
-                "num_findings": self.num_findings}
+                "num_findings": self.num_findings, "posterior_attention": self.posterior_attention,
+                "attention_hidden": self.attention_hidden}

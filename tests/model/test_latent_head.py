@@ -83,9 +83,12 @@ def test_prediction_shapes_and_determinism():
 
 @pytest.mark.parametrize("layer, call_shape", [
     (AttentionPool(name="a"), (2, 4, 4, 6)),
+    (AttentionPool(5, name="a5"), (2, 4, 4, 6)),
     (GaussianParams(3, 5, name="g"), (2, 6)),
     (PriorNet(3, 5, name="p"), (2, 4, 4, 6)),
+    (PriorNet(3, 5, 7, name="p7"), (2, 4, 4, 6)),
     (LatentHead(3, 5, 2, name="h"), (2, 4, 4, 6)),
+    (LatentHead(3, 5, 2, posterior_attention=True, attention_hidden=4, name="h4"), (2, 4, 4, 6)),
 ])
 def test_custom_layers_round_trip_config(layer, call_shape):
     x = tf.constant(np.random.default_rng(0).normal(size=call_shape), tf.float32)
@@ -146,3 +149,55 @@ def test_three_channel_input_and_weights_file(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="weights"):
         build_model(tiny_cfg(weights=str(tmp_path / "nope.weights.h5")))
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_attention_scorer_sees_position_only_with_context(hidden):
+    """On a feature map that is the same in every cell, the linear scorer must attend uniformly; the
+    context scorer reads grid coordinates, so it can prefer places (lesions sit in the lungs)."""
+    pool = AttentionPool(hidden, name="a")
+    fmap = tf.ones((2, 4, 4, 6))
+    pool.build(fmap.shape)
+    rng = np.random.default_rng(8)
+    for v in pool.trainable_weights:
+        v.assign(rng.normal(size=v.shape).astype(np.float32))
+    att = pool.attention(fmap).numpy()
+    np.testing.assert_allclose(att.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    if hidden:
+        assert att.max() > 2 * att.min()
+        assert len(pool.trainable_weights) == 4     # context conv (kernel, bias) + score (kernel, bias)
+    else:
+        np.testing.assert_allclose(att, 1.0 / 16, rtol=1e-5)
+    clone = AttentionPool.from_config(pool.get_config())
+    clone.build(fmap.shape)
+    clone.set_weights(pool.get_weights())
+    assert clone.hidden == hidden
+    np.testing.assert_allclose(clone.attention(fmap).numpy(), att, rtol=1e-6)
+
+
+@pytest.mark.parametrize("use_attention", [False, True])
+def test_posterior_reads_the_image_only_where_the_expert_looked(use_attention):
+    rng = np.random.default_rng(6)
+    fmap = rng.normal(size=(2, 4, 4, 6)).astype(np.float32)
+    w = np.zeros((2, 4, 4), np.float32)
+    w[:, :2, :2] = 0.25                      # the expert looked at the top-left quarter only
+    post = PosteriorNet(3, 5, use_attention=use_attention)
+    post.build(fmap.shape)
+    for v in post.trainable_weights:         # non-trivial weights everywhere
+        v.assign(rng.normal(size=v.shape).astype(np.float32) * 0.5)
+    base = post(tf.constant(fmap), tf.constant(w))[0].numpy()
+    elsewhere = fmap.copy()
+    elsewhere[:, 2:, 2:] += 5.0              # change the image where the expert did not look
+    moved = post(tf.constant(elsewhere), tf.constant(w))[0].numpy()
+    inside = fmap.copy()
+    inside[:, 0, 0] += 5.0
+    assert not np.allclose(post(tf.constant(inside), tf.constant(w))[0].numpy(), base)
+    if use_attention:    # its own attention reads the whole image: it can ignore the annotation
+        assert not np.allclose(moved, base, atol=1e-4)
+    else:
+        np.testing.assert_allclose(moved, base, rtol=1e-6)
+    clone = PosteriorNet.from_config(post.get_config())
+    clone.build(fmap.shape)
+    clone.set_weights(post.get_weights())
+    assert clone.use_attention is use_attention
+    np.testing.assert_allclose(clone(tf.constant(fmap), tf.constant(w))[0].numpy(), base, rtol=1e-6)
