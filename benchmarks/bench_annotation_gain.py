@@ -19,6 +19,7 @@ The last column is a diagnostic on the annotated eval images: macro AUROC of the
 q(z|x,a), given the eval annotation, minus that of the image-only prior. Positive for informative
 and not for control annotations means the annotation carries information the model can use on
 held-out images; the stage-1 -> stage-2 gain says how much of it stage 2 moved into the prior.
+Measured results, and the designs tried, are in docs/model.md.
 
     .venv/bin/python benchmarks/bench_annotation_gain.py [--seeds 3] [--patients 400] [--work DIR]
 """

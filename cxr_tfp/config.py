@@ -42,8 +42,9 @@ class TrainConfig:
                                          "synthetic, all) or a list / comma-separated finding names.")
     latent_dim: int = _f(32, "Size of the latent variable z.")
     hidden_dim: int = _f(128, "Hidden width of the prior / posterior networks.")
-    attention_hidden: int = _f(32, "Units of the prior's attention scorer (a 3x3 conv over the features and "
-                               "their grid coordinates); 0 = a linear 1x1 scorer of the features alone.")
+    attention_hidden: int = _f(0, "Units of the prior's attention scorer: 0 = a linear 1x1 scorer of the "
+                               "features; N > 0 = a 3x3 conv of N units over the features and their grid "
+                               "coordinates (sees context and position; see docs/model.md for measurements).")
     # --- loss
     beta: float = _f(1.0, "Weight of KL(q(z|x,a) || p(z|x)) in the stage-2 loss.")
     kl_warmup_epochs: int = _f(2, "Stage-2 epochs over which beta ramps linearly from beta/N to beta "

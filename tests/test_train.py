@@ -183,7 +183,8 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_single_device(data, tmp_pa
 def test_cosine_schedule_spans_each_stage_and_constant_is_a_float():
     from cxr_tfp.train import learning_rate_for
 
-    cfg = small_cfg(stage1_epochs=3, stage2_epochs=2, batch_size=4, stage1_lr=0.01, stage2_lr=0.002)
+    cfg = small_cfg(stage1_epochs=3, stage2_epochs=2, batch_size=4, stage1_lr=0.01, stage2_lr=0.002,
+                    lr_schedule="cosine")
     scan = {"num_examples": 10, "annotated": 5}          # 3 and 2 steps per epoch
     s1, s2 = learning_rate_for(cfg, 1, scan), learning_rate_for(cfg, 2, scan)
     assert float(s1(0)) == pytest.approx(0.01) and float(s1(9)) == pytest.approx(0.0, abs=1e-9)
