@@ -19,9 +19,11 @@ The last column is a diagnostic on the annotated eval images: macro AUROC of the
 q(z|x,a), given the eval annotation, minus that of the image-only prior. Positive for informative
 and not for control annotations means the annotation carries information the model can use on
 held-out images; the stage-1 -> stage-2 gain says how much of it stage 2 moved into the prior.
+``--shortcut P`` builds the spurious-cue variant instead (train-split decoys are copies of each
+finding's pattern outside the lungs, eval decoys stay label-independent; see cxr_tfp.datasets.synthetic).
 Measured results, and the designs tried, are in docs/model.md.
 
-    .venv/bin/python benchmarks/bench_annotation_gain.py [--seeds 3] [--patients 400] [--work DIR]
+    .venv/bin/python benchmarks/bench_annotation_gain.py [--seeds 3] [--shortcut 1] [--work DIR]
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ sys.path.insert(0, REPO)
 
 
 def build(root: str, control: bool, args) -> str:
-    out = os.path.join(root, "control" if control else "informative")
+    out = os.path.join(root, ("control" if control else "informative")
+                       + (f"_shortcut{args.shortcut:g}" if args.shortcut else ""))
     if os.path.exists(os.path.join(out, "summary.json")):
         return out
     cmd = [sys.executable, "-m", "cxr_tfp.data.build", "--dataset", "synthetic",
@@ -54,6 +57,8 @@ def build(root: str, control: bool, args) -> str:
         cmd += ["--synthetic-contrast", str(args.contrast)]
     if args.decoys:
         cmd += ["--synthetic-decoys", str(args.decoys)]
+    if args.shortcut:
+        cmd += ["--synthetic-shortcut", str(args.shortcut)]
     if control:
         cmd.append("--synthetic-control")
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -125,6 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--contrast", type=float, default=3.0, help="synthetic finding contrast multiplier")
     p.add_argument("--decoys", type=float, default=1.5,
                    help="mean unlabelled lesion-like decoys per image, outside the lungs")
+    p.add_argument("--shortcut", type=float, default=0.0,
+                   help="train split only: probability that a finding gets a copy of its pattern outside the "
+                        "lungs (a spurious cue absent from eval); 0 = off")
     p.add_argument("--only", choices=("informative", "control"), default=None, help="run one arm only")
     p.add_argument("--config", default=os.path.join(REPO, "configs", "smoke.yaml"))
     p.add_argument("--stage1-epochs", type=int, default=60)
@@ -191,6 +199,7 @@ def main(argv=None) -> int:
           f"eval {rows[0]['num_eval']} images, {args.image_size}px, config {os.path.basename(args.config)}, "
           f"stage1 {args.stage1_epochs} / stage2 {args.stage2_epochs} epochs, overrides "
           f"beta={args.beta} stage2_prior_bce={args.prior_bce} contrast={args.contrast} decoys={args.decoys} "
+          f"shortcut={args.shortcut} "
           f"set={args.set}, op determinism {'off' if args.nondeterministic else 'on'}")
     print("| annotations | seeds | stage-1 macro AUROC | stage-2 macro AUROC | gain (mean ± sd) | "
           "annotated eval: posterior - prior (mean ± sd) |")

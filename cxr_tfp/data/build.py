@@ -524,6 +524,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--synthetic-contrast", type=float, default=None, help="finding contrast multiplier (default 1)")
     s.add_argument("--synthetic-decoys", type=float, default=None,
                    help="mean number of unlabelled lesion-like decoys per image, outside the lungs (default 0)")
+    s.add_argument("--synthetic-shortcut", type=float, default=None,
+                   help="train split only: probability that a finding gets a copy of its pattern outside "
+                        "the lungs (a spurious cue; eval/test keep --synthetic-decoys); default 0")
     s.add_argument("--synthetic-image-size", type=int, default=None,
                    help="generated image side (default: --image-size)")
     return p

@@ -32,6 +32,12 @@ expert's boxes / gaze mark the true lesion: the setting where knowing where to l
 are the same in the informative and control builds (they are part of the image), never labelled,
 never boxed, never fixated on, and listed in ``decoys.csv`` (image, pattern, x, y in pixels).
 
+Shortcut (``shortcut > 0``, off by default): a spurious cue of the kind that makes real CXR models
+fail (tubes, markers). In the train split, each finding gets, with probability ``shortcut``, a copy of
+its pattern outside the lungs, and no other decoys; a model that fires on the pattern anywhere is never
+penalised in training. Eval and test keep the label-independent ``decoys``, where that model raises
+false alarms. Boxes and gaze mark only the lesion in the lungs.
+
 Sizes are fractions of the image side, so the task looks the same at 64 and 1024 pixels. The
 contrast (``contrast=1.0``) is chosen so that a lesion is near the noise / rib-texture level: a small
 CNN trained on image-level labels only learns them partly, while the location is the missing piece.
@@ -236,15 +242,20 @@ def _choose_patients(n: int, salt: Optional[str], fractions) -> List[Tuple[int, 
 def generate(root: Union[str, Path], n_patients: int = 60, images_per_patient: int = 2,
              image_size: int = 256, annotated_fraction: float = 0.35, informative: bool = True,
              seed: int = 0, prevalence: float = 0.3, contrast: float = 1.0, salt: Optional[str] = None,
-             split_fractions=None, processes: int = 1, decoys: float = 0.0) -> Path:
+             split_fractions=None, processes: int = 1, decoys: float = 0.0, shortcut: float = 0.0) -> Path:
     """Write the synthetic dataset into ``root`` (see module docstring) and return ``root``.
 
     ``processes > 1`` renders the images in parallel (same bytes: each image has its own seed).
     ``decoys``: mean number of unlabelled lesion-like patterns per image outside the lungs (Poisson);
     0 (default) leaves the images exactly as without the option.
+    ``shortcut``: in the TRAIN split only, the decoys become a spurious cue: each finding gets, with this
+    probability, a copy of its pattern outside the lungs, and no other decoys are drawn; eval and test
+    keep ``decoys`` independent of the labels (see the module docstring). 0 (default) = off.
     """
     if decoys < 0:
         raise ValueError(f"decoys must be >= 0, got {decoys}")
+    if not 0.0 <= shortcut <= 1.0:
+        raise ValueError(f"shortcut must be in [0, 1], got {shortcut}")
     root = Path(root)
     if n_patients < 1 or images_per_patient < 1 or image_size < 32:
         raise ValueError("need n_patients >= 1, images_per_patient >= 1, image_size >= 32")
@@ -278,6 +289,10 @@ def generate(root: Union[str, Path], n_patients: int = 60, images_per_patient: i
     for im in images:
         # Own stream per image (seed + 2): the labelled content and annotations do not change with decoys.
         drng = np.random.default_rng(im["seed"] + 2)
+        if shortcut > 0 and im["split"] == "train":
+            copies = [n for n, _, _ in im["lesions"] if drng.uniform() < shortcut]
+            im["decoys"] = [(n,) + _sample_decoy(im["anat"], drng, im["lesions"]) for n in copies]
+            continue
         n_dec = int(drng.poisson(decoys)) if decoys > 0 else 0
         im["decoys"] = [(SYNTHETIC_FINDINGS[int(drng.integers(0, len(SYNTHETIC_FINDINGS)))],)
                         + _sample_decoy(im["anat"], drng, im["lesions"]) for _ in range(n_dec)]
@@ -306,7 +321,7 @@ def generate(root: Union[str, Path], n_patients: int = 60, images_per_patient: i
         im["boxes"] = [(n, _box(n, x, y, image_size)) for n, x, y in targets]
         im["fix"] = _fixations(im["anat"], arng, targets)
     _write_tables(root, images, image_size, informative)
-    if decoys > 0:
+    if decoys > 0 or shortcut > 0:
         with open(root / "decoys.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["Image Index", "Pattern", "x", "y"])
@@ -316,7 +331,7 @@ def generate(root: Union[str, Path], n_patients: int = 60, images_per_patient: i
     meta = {"generator": "cxr_tfp.datasets.synthetic", "version": 1, "n_patients": n_patients,
             "images_per_patient": images_per_patient, "image_size": image_size,
             "annotated_fraction": annotated_fraction, "informative": bool(informative), "seed": seed,
-            "prevalence": prevalence, "contrast": contrast, "decoys": float(decoys), "findings": list(SYNTHETIC_FINDINGS),
+            "prevalence": prevalence, "contrast": contrast, "decoys": float(decoys), "shortcut": float(shortcut), "findings": list(SYNTHETIC_FINDINGS),
             "salt_fingerprint": salt_fingerprint(salt), "n_images": len(images),
             "n_annotated": sum(1 for im in images if im.get("annotated")),
             "gaze_sigma_fraction": GAZE_SIGMA_FRAC}
@@ -381,6 +396,7 @@ class SyntheticAdapter(NIHAdapter):
                  synthetic_images_per_patient: int = 2, synthetic_image_size: Optional[int] = None,
                  synthetic_annotated_fraction: float = 0.35, synthetic_seed: int = 0,
                  synthetic_contrast: float = 1.0, synthetic_decoys: float = 0.0,
+                 synthetic_shortcut: float = 0.0,
                  image_size: int = 256, salt: Optional[str] = None,
                  split_fractions=None, **options):
         super().__init__(root, use_official_split=False, salt=salt, split_fractions=split_fractions, **options)
@@ -390,7 +406,7 @@ class SyntheticAdapter(NIHAdapter):
                                annotated_fraction=float(synthetic_annotated_fraction),
                                informative=not synthetic_control, seed=int(synthetic_seed),
                                contrast=float(synthetic_contrast), decoys=float(synthetic_decoys),
-                               salt=salt, split_fractions=split_fractions)
+                               shortcut=float(synthetic_shortcut), salt=salt, split_fractions=split_fractions)
         self.generated = False
 
     def ensure(self) -> None:

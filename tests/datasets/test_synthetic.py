@@ -177,3 +177,26 @@ def test_decoys_option_reaches_the_generator_and_rejects_negatives(tmp_path):
     assert json.loads((tmp_path / "d" / "synthetic.json").read_text())["decoys"] == 1.5
     with pytest.raises(ValueError, match="decoys"):
         generate(tmp_path / "neg", n_patients=3, image_size=64, decoys=-1)
+
+
+def test_shortcut_copies_each_train_finding_outside_the_lungs_and_leaves_eval_independent(tmp_path):
+    root = generate(tmp_path / "s", n_patients=30, image_size=64, decoys=1.5, shortcut=1.0, salt="t",
+                    seed=3)
+    with open(root / "Data_Entry_2017.csv") as fh:
+        rows = list(csv.reader(fh))[1:]
+    findings = {r[0]: sorted(f for f in r[1].split("|") if f != "No Finding") for r in rows}
+    split = {r[0]: assign_split(str(int(r[3])), "synthetic", "t") for r in rows}
+    decoys = {}
+    for name, pattern, _, _ in _decoys(root):
+        decoys.setdefault(name, []).append(pattern)
+    train = [n for n in findings if split[n] == "train"]
+    held_out = [n for n in findings if split[n] != "train"]
+    assert train and held_out
+    # train: exactly one copy per finding (probability 1), nothing else
+    for n in train:
+        assert sorted(decoys.get(n, [])) == findings[n], n
+    # eval/test: Poisson(1.5) decoys of any pattern, so some carry a pattern the image is not labelled with
+    assert any(set(decoys.get(n, [])) - set(findings[n]) for n in held_out)
+    assert json.loads((root / "synthetic.json").read_text())["shortcut"] == 1.0
+    with pytest.raises(ValueError, match="shortcut"):
+        generate(tmp_path / "bad", n_patients=3, image_size=64, shortcut=1.5)
