@@ -129,26 +129,12 @@ def _is_chief() -> bool:
 
 
 # ---------------------------------------------------------------------------------------- data
-def with_batch_count(ds, num_examples: Optional[int], batch_size: int):
-    """Declare the batch count known from the split scan (``num_examples`` None: leave ``ds`` as is).
-
-    Why: TFRecord (and filtered) datasets have unknown cardinality, so Keras would show progress bars
-    without a total and warn that the input "ran out of data" after the first epoch.
-    """
-    import tensorflow as tf
-
-    if not num_examples:
-        return ds
-    return ds.apply(tf.data.experimental.assert_cardinality(int(math.ceil(num_examples / batch_size))))
-
-
-def stage1_dataset(cfg: TrainConfig, files: Sequence[str], num_examples: Optional[int] = None):
+def stage1_dataset(cfg: TrainConfig, files: Sequence[str]):
     """Shuffled, augmented batches of all training images: ``(x, y)``."""
     import tensorflow as tf
 
     ds = make_dataset(files, cfg.image_size, cfg.finding_names, cfg.batch_size, shuffle=cfg.shuffle,
                       seed=cfg.seed)
-    ds = with_batch_count(ds, num_examples, cfg.batch_size)
     if cfg.augment:
         from cxr_tfp.augment import make_augmenter
 
@@ -158,13 +144,11 @@ def stage1_dataset(cfg: TrainConfig, files: Sequence[str], num_examples: Optiona
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def stage2_image_dataset(cfg: TrainConfig, files: Sequence[str], shuffle: Optional[bool] = None,
-                         num_examples: Optional[int] = None):
+def stage2_image_dataset(cfg: TrainConfig, files: Sequence[str], shuffle: Optional[bool] = None):
     """Annotated-subset batches with images (the frozen backbone is recomputed each step)."""
-    ds = make_dataset(files, cfg.image_size, cfg.finding_names, cfg.batch_size,
-                      shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed,
-                      annotated_only=True)
-    return with_batch_count(ds, num_examples, cfg.batch_size)
+    return make_dataset(files, cfg.image_size, cfg.finding_names, cfg.batch_size,
+                        shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed,
+                        annotated_only=True)
 
 
 def cache_stage2_features(model, cfg: TrainConfig, files: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -434,7 +418,7 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
     if state.get("stage1_done"):
         model.load_weights(os.path.join(out_dir, "stage1.weights.h5"))
     else:
-        run_stage(1, lambda: stage1_dataset(cfg, train, scan["num_examples"]))
+        run_stage(1, lambda: stage1_dataset(cfg, train))
 
     # Stage 2 ------------------------------------------------------------------------------------
     if cfg.stage2_epochs > 0:
@@ -448,7 +432,7 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
                     cache = cache_stage2_features(model, cfg, train)
                     metrics["stage2_cached_examples"] = int(len(cache["labels"]))
                     return cached_dataset(cache, cfg)
-                return stage2_image_dataset(cfg, train, num_examples=scan["annotated"])
+                return stage2_image_dataset(cfg, train)
 
             run_stage(2, stage2_data, on_fresh_start=model.init_posterior_from_prior)
 
