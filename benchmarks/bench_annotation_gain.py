@@ -99,7 +99,6 @@ def annotated_eval_auroc(out: str, cfg, eval_dir: str) -> dict:
 
     from cxr_tfp.input import make_dataset
     from cxr_tfp.model import load_model
-    from cxr_tfp.model.latent_head import combine_annotation
     from cxr_tfp.train import auroc_report
 
     model = load_model(os.path.join(out, "model.keras"))
@@ -107,11 +106,9 @@ def annotated_eval_auroc(out: str, cfg, eval_dir: str) -> dict:
     for x, y in make_dataset(sorted(glob.glob(os.path.join(eval_dir, "*"))), cfg.image_size, cfg.finding_names,
                              64, annotated_only=True):
         f = model.features(x["image"])
-        w, has = combine_annotation(model.annotation_grid(x["annotation"]), x["has_gaze"], x["has_boxes"],
-                                    model.annotation)
-        mu_p, _ = model.head.prior(f)
-        mu_q, _ = model.head.posterior_params(f, w)
-        mu_q = tf.where(has[:, None] > 0, mu_q, mu_p)
+        mu_p, logvar_p = model.head.prior(f)
+        mu_q, _ = model.posterior_or_prior(f, model.annotation_grid(x["annotation"]), x["has_gaze"],
+                                           x["has_boxes"], mu_p, logvar_p)
         P.append(tf.sigmoid(model.head.classifier(mu_p)).numpy())
         Q.append(tf.sigmoid(model.head.classifier(mu_q)).numpy())
         Y.append(y["labels"].numpy())

@@ -331,7 +331,8 @@ def generate(root: Union[str, Path], n_patients: int = 60, images_per_patient: i
     meta = {"generator": "cxr_tfp.datasets.synthetic", "version": 1, "n_patients": n_patients,
             "images_per_patient": images_per_patient, "image_size": image_size,
             "annotated_fraction": annotated_fraction, "informative": bool(informative), "seed": seed,
-            "prevalence": prevalence, "contrast": contrast, "decoys": float(decoys), "shortcut": float(shortcut), "findings": list(SYNTHETIC_FINDINGS),
+            "prevalence": prevalence, "contrast": contrast, "decoys": float(decoys),
+            "shortcut": float(shortcut), "findings": list(SYNTHETIC_FINDINGS),
             "salt_fingerprint": salt_fingerprint(salt), "n_images": len(images),
             "n_annotated": sum(1 for im in images if im.get("annotated")),
             "gaze_sigma_fraction": GAZE_SIGMA_FRAC}

@@ -220,6 +220,14 @@ class CxrModel(keras.Model):
         total = _global_sum(tf.reduce_sum(m))
         return tf.reduce_sum(ce * m) / tf.maximum(total, 1.0) * float(n)
 
+    def posterior_or_prior(self, fmap, ann_grid, has_gaze, has_boxes, mu_p, logvar_p):
+        """``(mu, logvar)`` of q(z|x,a) for rows with a usable annotation (per ``self.annotation``),
+        and the prior's ``(mu_p, logvar_p)`` for the others (q = p there, so their KL is 0)."""
+        w, has = combine_annotation(ann_grid, has_gaze, has_boxes, self.annotation)
+        mu_q, logvar_q = self.head.posterior_params(fmap, w)
+        sel = has[:, None] > 0
+        return tf.where(sel, mu_q, mu_p), tf.where(sel, logvar_q, logvar_p)
+
     def compute_losses(self, x, y, training: bool = True):
         """``(loss, bce, kl)`` for a batch; ``x`` carries images or cached features (stage 2)."""
         labels = tf.cast(y["labels"], tf.float32)
@@ -244,20 +252,14 @@ class CxrModel(keras.Model):
             # Stage-1 regulariser KL(p(z|x) || N(0, I)): keeps the prior's spread meaningful
             # (BCE alone shrinks it to the floor, leaving no uncertainty and a sharp prior).
             kl = kl_diag_gaussians(mu_p, logvar_p, tf.zeros_like(mu_p), tf.zeros_like(logvar_p))
-            kl_mean = tf.reduce_mean(kl)
-            z = mu[None] + tf.exp(0.5 * logvar)[None] * noise
-            bce = self.masked_bce(self.head.classifier(z), labels, mask)
-            return bce + self.prior_kl * kl_mean, bce, kl_mean
         else:
-            w, has = combine_annotation(ann_grid, x["has_gaze"], x["has_boxes"], self.annotation)
-            mu_q, logvar_q = self.head.posterior_params(fmap, w)
-            sel = has[:, None] > 0
-            mu = tf.where(sel, mu_q, mu_p)
-            logvar = tf.where(sel, logvar_q, logvar_p)
+            mu, logvar = self.posterior_or_prior(fmap, ann_grid, x["has_gaze"], x["has_boxes"], mu_p, logvar_p)
             kl = kl_diag_gaussians(mu, logvar, mu_p, logvar_p)
         z = mu[None] + tf.exp(0.5 * logvar)[None] * noise
         bce = self.masked_bce(self.head.classifier(z), labels, mask)
         kl_mean = tf.reduce_mean(kl)
+        if self.stage == 1:
+            return bce + self.prior_kl * kl_mean, bce, kl_mean
         loss = bce + self.beta * self.kl_scale * kl_mean
         if self.prior_bce > 0:
             z_p = mu_p[None] + tf.exp(0.5 * logvar_p)[None] * noise
@@ -293,7 +295,7 @@ class CxrModel(keras.Model):
             "channels": self.channels, "findings": list(self.findings), "latent_dim": self.latent_dim,
             "hidden_dim": self.hidden_dim, "num_samples": self.num_samples, "seed": self.seed,
             "annotation": self.annotation, "beta": self.beta, "train_samples": self.train_samples,
-            "prior_kl": self.prior_kl, "prior_bce": self.prior_bce, 
+            "prior_kl": self.prior_kl, "prior_bce": self.prior_bce,
             "posterior_attention": self.posterior_attention, "attention_hidden": self.attention_hidden,
             "pos_weight": self.pos_weight, "thresholds": dict(self.thresholds),
         }
