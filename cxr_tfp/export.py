@@ -20,10 +20,12 @@ import numpy as np
 from cxr_tfp import features as F
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# What the backbone started from (cxr_tfp.weights.WeightsInfo.record(); null = random init).
+WEIGHTS_ASSET = "weights.json"
 
 
 def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
-                  thresholds: Dict[str, float]):
+                  thresholds: Dict[str, float], weights_path: str):
     import tensorflow as tf
 
     from cxr_tfp.preprocess import decode_image
@@ -39,6 +41,7 @@ def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
             self.model = model
             self.labels_asset = tf.saved_model.Asset(label_path)
             self.thresholds_asset = tf.saved_model.Asset(threshold_path)
+            self.weights_asset = tf.saved_model.Asset(weights_path)
 
         def _predict_encoded(self, encoded):
             # Under a real tensorflow_model_server an empty batch would otherwise fail deep in a conv.
@@ -132,7 +135,10 @@ def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None
             fh.write("\n".join(model.findings) + "\n")
         with open(threshold_path, "w") as fh:
             json.dump(thr, fh, indent=2)
-        module = _build_module(model, s, label_path, threshold_path, thr)
+        weights_path = os.path.join(tmp, WEIGHTS_ASSET)
+        with open(weights_path, "w") as fh:
+            json.dump(getattr(model, "weights_source", None), fh, indent=2)
+        module = _build_module(model, s, label_path, threshold_path, thr, weights_path)
         signatures = {
             F.SERVING_SIGNATURE: _rename_inputs(module.serve_examples, F.EXAMPLES_INPUT),
             F.IMAGE_SIGNATURE: _rename_inputs(module.serve_images, F.IMAGES_INPUT),

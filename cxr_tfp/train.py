@@ -22,6 +22,7 @@ import numpy as np
 from cxr_tfp import features as F
 from cxr_tfp.config import TrainConfig, add_config_arguments, load_config, overrides_from_args
 from cxr_tfp.input import FilePattern, list_files, make_dataset
+from cxr_tfp.weights import check_weights_spec
 
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.json"
@@ -356,8 +357,7 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
     if scan["num_examples"] == 0:
         raise ValueError(f"training files {train_files} hold no examples")
     check_stage2_subset(cfg, scan, str(train_files))
-    if cfg.weights and not os.path.exists(cfg.weights):
-        raise FileNotFoundError(f"config: weights file not found: {cfg.weights}")
+    check_weights_spec(cfg.weights)
 
     os.makedirs(out_dir, exist_ok=True)
     export_dir = export_dir or os.path.join(out_dir, "saved_model")
@@ -383,6 +383,7 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
             neg = scan["known"] - scan["positives"]
             model.pos_weight = [float(np.clip(n / max(p, 1.0), 1.0, 100.0))
                                 for n, p in zip(neg, scan["positives"])]
+    metrics["weights"] = model.weights_source   # what the backbone started from (None: random init)
 
     def run_stage(stage: int, dataset_fn, on_fresh_start=None) -> None:
         key = f"stage{stage}"
@@ -390,7 +391,10 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
         ckpt_dir = os.path.join(out_dir, "checkpoints", key)
         with strategy.scope():
             model.set_stage(stage, cfg.freeze)
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate_for(cfg, stage, scan)))
+            optimizer = keras.optimizers.Adam(learning_rate_for(cfg, stage, scan))
+            if cfg.precision == "mixed_float16":   # float16 gradients underflow without loss scaling
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            model.compile(optimizer=optimizer)
             done = restore_checkpoint(model, ckpt_dir)
             if done == 0 and on_fresh_start is not None:
                 on_fresh_start()
