@@ -22,6 +22,7 @@ import numpy as np
 from cxr_tfp import features as F
 from cxr_tfp.config import TrainConfig, add_config_arguments, load_config, overrides_from_args
 from cxr_tfp.input import FilePattern, list_files, make_dataset
+from cxr_tfp.cli import cli_main
 
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.json"
@@ -466,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)

@@ -18,7 +18,7 @@ def test_server_down_is_clear_after_retries(images, capsys):
     assert ei.value.code == "UNAVAILABLE"
     assert f"cannot reach TF Serving at 127.0.0.1:{port}" in str(ei.value)
     assert "after 3 attempt(s)" in str(ei.value)
-    assert client.main(["--server", f"127.0.0.1:{port}", "--retries", "0", images["white"]]) == 3
+    assert client.main(["--server", f"127.0.0.1:{port}", "--retries", "0", images["white"]]) == 1
     assert "is the server running" in capsys.readouterr().err
 
 
