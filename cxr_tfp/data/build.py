@@ -372,7 +372,8 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
 
     from cxr_tfp import staging as S
 
-    with S.OutputLock(out, "build") as _lock:
+    # Owner-only (umask 077) for everything the build creates: the records hold medical images.
+    with S.OutputLock(out, "build"), S.owner_only_umask():
         for note in S.recover(out):
             say(note)
         S.check_replaceable(out, BUILD_ENTRIES)
