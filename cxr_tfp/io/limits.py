@@ -43,9 +43,53 @@ def max_pixels_default() -> int:
     return value
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8"
+# Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic...): C0-CF except the
+# DHT (C4), JPG (C8) and DAC (CC) markers, which share the range.
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def png_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) from a PNG's IHDR chunk (bytes 16-24), or None if it is not a PNG."""
+    if len(data) < 24 or not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def jpeg_size(data: bytes, max_markers: int = 1000) -> Optional[Tuple[int, int]]:
+    """(width, height) from a JPEG's first start-of-frame segment, or None if there is none.
+
+    Walks the marker segments (each ``FF xx LLLL``) without decoding anything; the same walk is
+    done in-graph by :func:`cxr_tfp.preprocess.encoded_image_size`.
+    """
+    if not data.startswith(JPEG_MAGIC):
+        return None
+    i, n = 2, len(data)
+    for _ in range(max_markers):
+        while i < n and data[i] == 0xFF and i + 1 < n and data[i + 1] == 0xFF:
+            i += 1  # fill bytes
+        if i + 4 > n or data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in SOF_MARKERS:
+            if i + 9 > n:
+                return None
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if marker == 0xD9 or marker == 0xDA:  # end of image / start of scan before any frame header
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def raster_size(data: bytes) -> Tuple[int, int]:
     """(width, height) of a PNG / JPEG / other Pillow image from its header only."""
     from PIL import Image, UnidentifiedImageError
+
+    for sniff in (png_size, jpeg_size):
+        size = sniff(data)
+        if size is not None:
+            return size
 
     try:
         with Image.open(_io.BytesIO(data)) as img:  # lazy: reads the header, decodes nothing
