@@ -183,6 +183,31 @@ def test_weights_spec_checked_early(tmp_path):
 
 
 # ---------------------------------------------------------------------------- smoke trainings
+def test_smoke_fit_from_torchxrayvision_weights(tmp_path):
+    """Default-run smoke training from converted weights (the full train_model run, with export, is
+    the slow test below: a DenseNet export alone takes tens of seconds on 2 cores)."""
+    import tensorflow as tf
+
+    model = build_model(cfg(backbone="densenet_tiny", image_size=32,
+                            weights="torchxrayvision:" + os.path.join(FIXTURE, "model_zip.pt")))
+    before = model.backbone.get_layer("conv1_conv").kernel.numpy().copy()
+    rng = np.random.default_rng(0)
+    x = {"image": rng.uniform(0, 1, (8, 32, 32, 1)).astype(np.float32),
+         "annotation": np.zeros((8, 32, 32, 2), np.float32),
+         "has_gaze": np.zeros(8, np.float32), "has_boxes": np.zeros(8, np.float32)}
+    y = {"labels": (rng.uniform(size=(8, 4)) > 0.5).astype(np.float32), "mask": np.ones((8, 4), np.float32)}
+    model.set_stage(1)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    hist = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0])
+    assert not np.array_equal(before, model.backbone.get_layer("conv1_conv").kernel.numpy())
+    model.save(str(tmp_path / "m.keras"))
+    back = load_model(str(tmp_path / "m.keras"))
+    assert back.weights_source["kind"] == "torchxrayvision" and back.input_scale == TXRV_SCALING[0]
+    np.testing.assert_allclose(back.predict_with_uncertainty(x["image"])["probabilities"],
+                               model.predict_with_uncertainty(x["image"])["probabilities"], atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def data32(tmp_path_factory):
     from tests.model.synth import write_dataset
@@ -197,7 +222,8 @@ def _smoke(data, out, **kw):
     return train_model(c, os.path.join(data, "train"), os.path.join(data, "eval"), out)
 
 
-@pytest.mark.parametrize("kind", ["preset", "weights_h5", "torchxrayvision"])
+@pytest.mark.parametrize("kind", ["preset", "weights_h5",
+                                  pytest.param("torchxrayvision", marks=pytest.mark.slow)])
 def test_smoke_training_from_each_kind_of_weights(kind, data32, tmp_path):
     if kind == "torchxrayvision":
         spec, backbone = "torchxrayvision:" + os.path.join(FIXTURE, "state_legacy.pt"), "densenet_tiny"
@@ -225,3 +251,27 @@ def test_smoke_training_from_each_kind_of_weights(kind, data32, tmp_path):
     assert reloaded.weights_source["kind"] == kind
     assert (reloaded.input_scale, reloaded.input_offset) == (metrics["weights"]["input_scale"],
                                                             metrics["weights"]["input_offset"])
+
+
+def test_evaluate_side_by_side_with_converted_torchxrayvision(tmp_path):
+    from cxr_tfp import evaluate as E
+    from tests.evalkit import StubAdapter, make_data
+
+    data = make_data(tmp_path / "data", n_test_patients=8)
+    spec = "torchxrayvision:" + os.path.join(FIXTURE, "model_zip.pt")
+    txrv = E.load_adapter(spec)
+    assert txrv.kind == "torchxrayvision" and len(txrv.findings) == 18
+    assert {"Cardiomegaly", "Effusion", "Lung_Opacity", "Enlarged_Cardiomediastinum"} <= set(txrv.findings)
+    res = E.evaluate(StubAdapter("ours", 0.5), str(data), str(tmp_path / "out"), compare=txrv,
+                     options=E.EvalOptions(n_resamples=20), saliency=False, figures=False)
+    assert [m["kind"] for m in res["models"]] == ["stub", "torchxrayvision"] or res["models"][1]["kind"] == "torchxrayvision"
+    assert res["comparison"]["b"] == txrv.name
+    assert set(res["comparison"]["findings"]) == {"Cardiomegaly", "Effusion", "Mass", "Nodule"}
+    # the adapter's numbers are the converted classifier's outputs, column for column
+    x = np.random.default_rng(0).uniform(0, 1, (2, 224, 224, 1)).astype(np.float32)
+    probs, unc = txrv.predict(None, x)
+    model, ckpt = build_classifier(txrv.path)
+    ref = model(x)["outputs"].numpy()
+    names = list(ckpt.pathologies)
+    np.testing.assert_allclose(probs[:, txrv.findings.index("Cardiomegaly")], ref[:, names.index("Cardiomegaly")])
+    assert np.all(unc == 0)
