@@ -52,7 +52,10 @@ def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.EXAMPLES_INPUT)])
         def serve_examples(self, examples):
-            parsed = tf.io.parse_example(examples, {F.IMAGE: F.feature_spec()[F.IMAGE]})
+            from cxr_tfp.preprocess import check_serialized_examples
+
+            with tf.control_dependencies([check_serialized_examples(examples)]):
+                parsed = tf.io.parse_example(examples, {F.IMAGE: F.feature_spec()[F.IMAGE]})
             mean, std = self._predict_encoded(parsed[F.IMAGE])
             return {F.PROBABILITIES: mean, F.UNCERTAINTY: std,
                     F.PROBABILITIES_FULL: tf.matmul(mean, scatter)}
