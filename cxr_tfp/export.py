@@ -18,6 +18,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from cxr_tfp import features as F
+from cxr_tfp.cli import cli_main
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
@@ -155,6 +156,7 @@ def read_thresholds(export_dir: str) -> Dict[str, float]:
         return {k: float(v) for k, v in json.load(fh).items()}
 
 
+@cli_main
 def main(argv=None) -> int:
     """CLI: ``python -m cxr_tfp.export MODEL.keras EXPORT_DIR [--num-samples S]``."""
     import argparse

@@ -42,6 +42,7 @@ import grpc
 import numpy as np
 
 from cxr_tfp import features
+from cxr_tfp.cli import cli_main
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +331,7 @@ def start_server(model_base_path: str, model_name: str = "cxr_tfp", port: Option
     return StandinServer(server, address, servicer)
 
 
+@cli_main
 def main(argv: Optional[List[str]] = None) -> int:
     """CLI: serve a model base path until interrupted (flags named as tensorflow_model_server's)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
