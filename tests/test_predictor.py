@@ -31,6 +31,11 @@ def saved(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def keras_predictor(saved):
+    return cxr_tfp.load(str(saved[1] / "model.keras"))
+
+
+@pytest.fixture(scope="module")
 def nih_images(shared_data):
     folder = shared_data / "nih-sample" / "images"
     files = sorted(str(p) for p in folder.glob("*.png"))[:8]
@@ -58,9 +63,8 @@ def test_three_lines_keras_and_saved_model_agree(saved, nih_images, shared_data)
     assert cxr_tfp.load(str(out / "f32")).weights_source["kind"] == "torchxrayvision"
 
 
-def test_bytes_and_arrays_give_the_file_result(saved, nih_images):
-    _, out = saved
-    pred = cxr_tfp.load(str(out / "model.keras"))
+def test_bytes_and_arrays_give_the_file_result(keras_predictor, nih_images):
+    pred = keras_predictor
     from PIL import Image
 
     raw = open(nih_images[0], "rb").read()
@@ -80,10 +84,9 @@ def test_bytes_and_arrays_give_the_file_result(saved, nih_images):
     ("/nonexistent/x.png", r"/nonexistent/x.png: no such file"),
     (3.5, r"input\[0\]: float is not"),
 ])
-def test_bad_inputs_are_named(saved, item, msg):
-    _, out = saved
+def test_bad_inputs_are_named(keras_predictor, item, msg):
     with pytest.raises(InputCheckError, match=msg):
-        cxr_tfp.load(str(out / "model.keras")).predict([item])
+        keras_predictor.predict([item])
 
 
 def test_load_names_a_wrong_path(tmp_path):
