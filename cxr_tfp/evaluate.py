@@ -29,6 +29,7 @@ import numpy as np
 
 from cxr_tfp import features as F
 from cxr_tfp import metrics as M
+from cxr_tfp.cli import cli_main
 from cxr_tfp.report.saliency import SaliencyCollector, SaliencyExample, agreement_summary
 
 log = logging.getLogger("cxr_tfp.evaluate")
@@ -439,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
