@@ -28,13 +28,13 @@ def test_mixed_precision_trains_with_float32_head(precision, dtype, tmp_path):
     assert model.head.prior.compute_dtype == "float32"
     x, y = _batch()
     assert model.features(x["image"]).dtype == tf.float32
-    loss, bce, kl = model.compute_losses(x, y, training=False)
-    assert loss.dtype == tf.float32 and kl.dtype == tf.float32
     opt = keras.optimizers.Adam(1e-2)
     if precision == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     model.set_stage(1)
     model.compile(optimizer=opt)
+    loss, bce, kl = model.compute_losses(x, y, training=False)
+    assert loss.dtype == tf.float32 and kl.dtype == tf.float32
     before = model.backbone.get_layer("tiny_conv1").kernel.numpy().copy()
     hist = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), epochs=2, verbose=0)
     assert all(np.isfinite(hist.history["loss"]))
