@@ -1,12 +1,9 @@
 """Starting weights: keras-hub backbones and presets, the folded grey stem, the torchxrayvision
 conversion against numbers torch computed (tests/fixtures/txrv, made by scripts/make_txrv_fixture.py),
 the restricted unpickler, offline `imagenet`, and a smoke training from each kind of weights."""
-import io
 import json
 import os
 import pickle
-import subprocess
-import sys
 import time
 import zipfile
 
