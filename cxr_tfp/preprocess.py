@@ -6,8 +6,11 @@ run inside the exported SavedModel, so a served image is preprocessed exactly as
 from __future__ import annotations
 
 
-def decode_image(encoded, size: int):
-    """Decode PNG/JPEG bytes (scalar string tensor) to float32 ``[size, size, 1]`` in [0, 1]."""
+def decode_image_tensor(encoded, size: int):
+    """Decode PNG/JPEG bytes (scalar string tensor) to float32 ``[size, size, 1]`` in [0, 1] (TF ops).
+
+    The in-graph model input; :func:`cxr_tfp.io.decode_image` is the TensorFlow-free file decoder.
+    """
     import tensorflow as tf
 
     img = tf.io.decode_image(encoded, channels=1, expand_animations=False, dtype=tf.uint8)
@@ -28,6 +31,6 @@ def decode_map(encoded, size: int):
         return tf.zeros([size, size, 1], tf.float32)
 
     def _decode():
-        return decode_image(encoded, size)
+        return decode_image_tensor(encoded, size)
 
     return tf.cond(tf.strings.length(encoded) > 0, _decode, _zeros)
