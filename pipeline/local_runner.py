@@ -9,7 +9,7 @@ passes no arguments), e.g. ``CXR_TFP_DATA_ROOT=demo_out/tfrecords CXR_TFP_OUTPUT
 """
 import os
 
-# Run as a script (by the tfx CLI) this folder is sys.path[0]; no module in it is named like a
+# Run as a script (by the tfx CLI) this folder is searched first; no module in it is named like a
 # package, so `pipeline` resolves to the repo's package (editable install, or PYTHONPATH=repo root).
 from pipeline import configs  # sets TF_USE_LEGACY_KERAS before tfx loads
 from pipeline.dag import create_pipeline
