@@ -40,6 +40,7 @@ import numpy as np
 
 from cxr_tfp import features
 from cxr_tfp import model_dir as MD
+from cxr_tfp.cli import cli_main
 
 DEFAULT_MODEL = MD.MODEL_NAME
 DEFAULT_TIMEOUT_S = 10.0
@@ -452,8 +453,10 @@ def format_table(results: Sequence[dict]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point; exit codes: 0 ok, 2 bad input file, 3 server/model error."""
+    """CLI entry point; exit codes: 0 ok, 2 a bad input file (the others are still sent) or bad
+    --labels/--thresholds, 1 server/model error (see :mod:`cxr_tfp.cli`)."""
     p = argparse.ArgumentParser(prog="python -m cxr_tfp.client",
                                 description="Classify chest X-rays (PNG/JPEG/DICOM) via TF Serving.")
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -478,29 +481,79 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    labels = None
-    if a.labels:
-        labels = list(MD.parse_labels(Path(a.labels).read_text()))
-    thresholds = MD.read_thresholds_file(a.thresholds) if a.thresholds else None
-    try:
-        if a.local:
-            results = predict_files_local(a.local, a.files, a.signature, a.batch_size,
-                                          image_size=a.image_size)
-        else:
-            results = predict_files(a.server, a.files, a.model, a.signature, a.timeout,
-                                    retries=a.retries, batch_size=a.batch_size,
-                                    model_dir=a.model_dir, labels=labels, thresholds=thresholds,
-                                    version=a.version, version_label=a.version_label,
-                                    image_size=a.image_size)
-    except InputFileError as e:
-        print(f"error: {e}", file=sys.stderr)
+    labels = _read_labels_file(a.labels) if a.labels else None
+    thresholds = _read_thresholds_file(a.thresholds) if a.thresholds else None
+    # One bad file is reported (one line, naming it) and the others still go through.
+    good, bad = [], 0
+    for f in a.files:
+        try:
+            encode_file(f, a.image_size)
+            good.append(f)
+        except InputFileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            bad += 1
+    results: List[dict] = []
+    if good:
+        try:
+            if a.local:
+                results = predict_files_local(a.local, good, a.signature, a.batch_size,
+                                              image_size=a.image_size)
+            else:
+                results = predict_files(a.server, good, a.model, a.signature, a.timeout,
+                                        retries=a.retries, batch_size=a.batch_size,
+                                        model_dir=a.model_dir, labels=labels, thresholds=thresholds,
+                                        version=a.version, version_label=a.version_label,
+                                        image_size=a.image_size)
+        except InputFileError as e:  # a file changed between the check and the send
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except (ServingError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(results, indent=2) if a.json else format_table(results), end="" if not a.json
+              else "\n")
+    if bad:
+        print(f"error: {bad} of {len(a.files)} file(s) could not be sent (see above)", file=sys.stderr)
         return 2
-    except (ServingError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    print(json.dumps(results, indent=2) if a.json else format_table(results), end="" if not a.json
-          else "\n")
     return 0
+
+
+def _read_labels_file(path: str) -> List[str]:
+    """--labels: one finding per line (UTF-8); a bad file is a one-line user error."""
+    from cxr_tfp.cli import UsageError
+
+    try:
+        labels = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--labels {path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"--labels {path}: {e.strerror or e}") from None
+    if not labels:
+        raise UsageError(f"--labels {path}: no finding names (expected one per line)")
+    return labels
+
+
+def _read_thresholds_file(path: str) -> Dict[str, float]:
+    """--thresholds: a JSON object {finding: number}; a bad file is a one-line user error."""
+    from cxr_tfp.cli import UsageError
+
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--thresholds {path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--thresholds {path}: not valid JSON (line {e.lineno}, column {e.colno}: "
+                         f"{e.msg})") from None
+    except OSError as e:
+        raise UsageError(f"--thresholds {path}: {e.strerror or e}") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"--thresholds {path}: expected a JSON object {{finding: threshold}}")
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+            raise UsageError(f"--thresholds {path}: {k!r} must be a number in [0, 1], got {v!r}")
+        out[str(k)] = float(v)
+    return out
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import numpy as np
 from cxr_tfp import features as F
 from cxr_tfp import model_dir as MD
 from cxr_tfp import metrics as M
+from cxr_tfp.cli import cli_main
+from cxr_tfp.report.saliency import SaliencyCollector, SaliencyExample, agreement_summary
 
 log = logging.getLogger("cxr_tfp.evaluate")
 
@@ -135,20 +137,6 @@ def load_adapter(path: str, num_samples: Optional[int] = None, name: Optional[st
 
 # -------------------------------------------------------------------------------------- collection
 @dataclasses.dataclass
-class SaliencyExample:
-    """One image kept for the saliency figure (maps at the model's input size)."""
-
-    image: np.ndarray
-    saliency: np.ndarray
-    gaze: Optional[np.ndarray]
-    boxes: Optional[np.ndarray]
-    finding: str
-    probability: float
-    label: Optional[float]     # None when unknown
-    annotated: bool
-
-
-@dataclasses.dataclass
 class Predictions:
     """A model's outputs over one split, as plain arrays (row i = the i-th example in file order)."""
 
@@ -192,14 +180,6 @@ def _stored_image_size(files: Sequence[str]) -> int:
     raise ValueError(f"{files[0]}: no examples")
 
 
-def _resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
-    if maps.shape[1] == size and maps.shape[2] == size:
-        return maps
-    import tensorflow as tf
-
-    return tf.image.resize(maps[..., None], [size, size]).numpy()[..., 0]
-
-
 def _where(files: Sequence[str]) -> str:
     return files[0] if len(files) == 1 else f"{len(files)} files in {Path(files[0]).parent}"
 
@@ -222,12 +202,10 @@ def _batches(ds, files: Sequence[str]):
 def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32, saliency: bool = True,
             max_saliency: Optional[int] = None, n_examples: int = 6, gaze_level: float = 0.5,
             top_k: float = 0.1, progress_every: int = 20) -> Predictions:
-    """Run ``adapter`` over ``files`` and gather arrays; with ``saliency``, Grad-CAM the annotated images.
+    """Run ``adapter`` over ``files`` and gather arrays; with ``saliency``, map the annotated images.
 
-    Saliency is computed for each annotated image with at least one known positive finding, for the
-    positive finding the model rates highest (what the expert marked is evidence of a finding that
-    is present). Its agreement with the box mask and with the gaze heatmap (``gaze_level`` of its
-    peak) is recorded per annotation type. ``max_saliency`` caps how many images get Grad-CAM.
+    Which images get saliency and how its agreement with the experts is scored:
+    :class:`cxr_tfp.report.saliency.SaliencyCollector`. ``max_saliency`` caps how many images get maps.
     """
     import tensorflow as tf
 
@@ -236,12 +214,10 @@ def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32
     findings = tuple(adapter.findings)
     size = adapter.image_size or _stored_image_size(files)
     do_sal = saliency and adapter.supports_saliency
+    sal = (SaliencyCollector(adapter, findings, size, max_saliency=max_saliency, n_examples=n_examples,
+                             gaze_level=gaze_level, top_k=top_k) if do_sal else None)
     ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(batch_size)
     out: Dict[str, List[np.ndarray]] = {k: [] for k in ("probs", "unc", "labels", "mask", "pk", "ek", "hg", "hb")}
-    agreement: List[Dict[str, object]] = []
-    annotated_examples: List[SaliencyExample] = []
-    filler_examples: List[SaliencyExample] = []
-    n_sal = 0
     t0 = time.time()
     for b, serialized in enumerate(_batches(ds, files)):
         try:
@@ -258,39 +234,8 @@ def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32
             out[k].append(v)
         out["pk"].append(np.char.decode(meta[F.PATIENT_KEY].numpy().astype(bytes), "utf-8"))
         out["ek"].append(np.char.decode(meta[F.EXAMPLE_KEY].numpy().astype(bytes), "utf-8"))
-        if do_sal:
-            ann = x[F.X_ANNOTATION].numpy()
-            positive = (labels > 0.5) & (mask > 0.5)
-            targets: Dict[int, List[int]] = {}
-            for i in range(len(images)):
-                if (hg[i] or hb[i]) and positive[i].any() and (max_saliency is None or n_sal < max_saliency):
-                    j = int(np.argmax(np.where(positive[i], probs[i], -np.inf)))
-                    targets.setdefault(j, []).append(i)
-                    n_sal += 1
-                elif len(filler_examples) < n_examples and not (hg[i] or hb[i]):
-                    j = int(np.argmax(probs[i]))
-                    targets.setdefault(j, []).append(i)
-            for j, rows in targets.items():
-                sal = _resize_maps(np.asarray(adapter.saliency(images[rows], j), np.float64), size)
-                for r, s in zip(rows, sal):
-                    gaze = ann[r, :, :, 0] if hg[r] else None
-                    boxes = ann[r, :, :, 1] if hb[r] else None
-                    ex = SaliencyExample(image=images[r, :, :, 0], saliency=s, gaze=gaze, boxes=boxes,
-                                         finding=findings[j], probability=float(probs[r, j]),
-                                         label=float(labels[r, j]) if mask[r, j] > 0.5 else None,
-                                         annotated=bool(hg[r] or hb[r]))
-                    if not ex.annotated:
-                        filler_examples.append(ex)
-                        continue
-                    if len(annotated_examples) < n_examples:
-                        annotated_examples.append(ex)
-                    for kind, region in (("boxes", None if boxes is None else boxes > 0.5),
-                                         ("gaze", None if gaze is None else M.annotation_region(gaze, None, gaze_level))):
-                        if region is None or not region.any():
-                            continue
-                        ov = M.top_k_overlap(s, region, top_k)
-                        agreement.append({"type": kind, "finding": findings[j],
-                                          "hit": M.pointing_game_hit(s, region), **ov})
+        if sal is not None:
+            sal.add_batch(images, x[F.X_ANNOTATION].numpy(), labels, mask, probs, hg, hb)
         if progress_every and (b + 1) % progress_every == 0:
             n = sum(len(v) for v in out["probs"])
             log.info("%s: %d images (%.1f img/s)", adapter.name, n, n / max(time.time() - t0, 1e-9))
@@ -299,8 +244,8 @@ def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32
     cat = {k: np.concatenate(v) for k, v in out.items()}
     return Predictions(findings=findings, probs=cat["probs"], uncertainty=cat["unc"], labels=cat["labels"],
                        mask=cat["mask"], patient_keys=cat["pk"], example_keys=cat["ek"],
-                       has_gaze=cat["hg"], has_boxes=cat["hb"], agreement=agreement,
-                       examples=(annotated_examples + filler_examples)[:n_examples],
+                       has_gaze=cat["hg"], has_boxes=cat["hb"],
+                       agreement=sal.agreement if sal else [], examples=sal.examples if sal else [],
                        saliency_reason=None if do_sal else (adapter.saliency_reason or "saliency not requested"))
 
 
@@ -339,26 +284,6 @@ def choose_thresholds(pred: Optional[Predictions], findings: Sequence[str], opts
     return out
 
 
-def _agreement_summary(records: List[Dict[str, object]], k: float) -> Dict[str, object]:
-    def agg(rs):
-        if not rs:
-            return {"n": 0, "hits": 0, "pointing_hit_rate": None, "topk_precision": None,
-                    "topk_iou": None, "topk_chance": None}
-        return {"n": len(rs), "hits": int(sum(r["hit"] for r in rs)),
-                "pointing_hit_rate": float(np.mean([r["hit"] for r in rs])),
-                "topk_precision": float(np.mean([r["precision"] for r in rs])),
-                "topk_iou": float(np.mean([r["iou"] for r in rs])),
-                "topk_chance": float(np.mean([r["chance"] for r in rs]))}
-
-    out: Dict[str, object] = {"k": k}
-    for kind in ("boxes", "gaze"):
-        rs = [r for r in records if r["type"] == kind]
-        out[kind] = agg(rs)
-        out[kind]["per_finding"] = {f: agg([r for r in rs if r["finding"] == f])
-                                    for f in sorted({r["finding"] for r in rs})}
-    return out
-
-
 def compute_metrics(pred: Predictions, thresholds: Dict[str, object], opts: EvalOptions) -> Dict[str, object]:
     """All metrics of one model on one split as a JSON-safe dict (undefined values are ``None``)."""
     ci = M.auroc_with_ci(pred.labels, pred.probs, pred.mask, pred.patient_keys, opts.n_resamples,
@@ -384,7 +309,7 @@ def compute_metrics(pred: Predictions, thresholds: Dict[str, object], opts: Eval
              "average_precision": M.micro_average_precision(pred.labels, pred.probs, pred.mask)}
     sal = ({"available": False, "reason": pred.saliency_reason} if pred.saliency_reason else
            {"available": True, "reason": None, "method": "Grad-CAM (backbone's last block)",
-            **_agreement_summary(pred.agreement, opts.top_k)})
+            **agreement_summary(pred.agreement, opts.top_k)})
     return M.sanitize({
         "findings": list(pred.findings),
         "n_images": int(len(pred.probs)),
@@ -515,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

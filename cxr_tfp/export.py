@@ -19,6 +19,7 @@ import numpy as np
 
 from cxr_tfp import features as F
 from cxr_tfp import model_dir as MD
+from cxr_tfp.cli import cli_main
 from cxr_tfp.model_dir import WARMUP_FILE
 
 
@@ -142,6 +143,7 @@ def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None
     return export_dir
 
 
+@cli_main
 def main(argv=None) -> int:
     """CLI: ``python -m cxr_tfp.export MODEL.keras EXPORT_DIR [--num-samples S]``."""
     import argparse

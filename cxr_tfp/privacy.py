@@ -6,7 +6,12 @@ Records never carry a source identifier (patient id, image id, DICOM UID, file n
 The salt comes, in order of precedence, from
 1. the ``salt`` argument (CLI: ``--salt``),
 2. the environment variable ``CXR_TFP_SALT``,
-3. :data:`DEFAULT_SALT`.
+3. the file named by ``CXR_TFP_SALT_FILE`` (a mounted secret: a Kubernetes / Vertex secret volume,
+   Docker secret), its content without the trailing newline,
+4. :data:`DEFAULT_SALT`.
+
+The salt is a secret: pipelines and logs carry only :func:`salt_fingerprint` (a one-way digest that
+tells builds apart), never the salt itself.
 
 The default salt is public (it is in this file), so keys made with it are *pseudonymous, not
 anonymous*: anyone holding the source IDs can recompute them. A site that must keep keys
@@ -30,6 +35,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 from cxr_tfp.features import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
 
 ENV_VAR = "CXR_TFP_SALT"
+FILE_ENV_VAR = "CXR_TFP_SALT_FILE"
 DEFAULT_SALT = "cxr-tfp-public-default-salt-v1"
 
 DEFAULT_FRACTIONS: Tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -38,11 +44,26 @@ KEY_HEX_CHARS = 24  # 96 bits: collisions are negligible for any real dataset si
 
 
 def get_salt(salt: Optional[str] = None) -> str:
-    """The salt in force: ``salt`` if given, else ``$CXR_TFP_SALT``, else :data:`DEFAULT_SALT`."""
+    """The salt in force: ``salt``, else ``$CXR_TFP_SALT``, else the ``$CXR_TFP_SALT_FILE`` file's
+    content, else :data:`DEFAULT_SALT`. A named salt file that cannot be read, or is empty, raises
+    ``ValueError`` (a missing secret must not silently fall back to the public default)."""
     if salt:
         return str(salt)
     env = os.environ.get(ENV_VAR, "")
-    return env if env else DEFAULT_SALT
+    if env:
+        return env
+    path = os.environ.get(FILE_ENV_VAR, "")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                value = fh.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"${FILE_ENV_VAR}: cannot read the salt file {path} "
+                             f"({exc.strerror or type(exc).__name__})") from None
+        if not value:
+            raise ValueError(f"${FILE_ENV_VAR}: the salt file {path} is empty")
+        return value
+    return DEFAULT_SALT
 
 
 def salt_fingerprint(salt: Optional[str] = None) -> str:

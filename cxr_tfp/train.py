@@ -1,11 +1,14 @@
 """Two-stage training (``python -m cxr_tfp.train``): stage 1 global labels, stage 2 annotation distillation.
 
 ``train_model`` checks everything it can before training (config, record format, a non-empty
-annotated subset), then runs stage 1 and stage 2 with a checkpoint after every epoch, so a killed run
-started again resumes inside the stage it was in. Each stage ends with per-finding and macro AUROC on
+annotated subset), then runs stage 1 and stage 2 with a checkpoint after every epoch
+(``tf.train.CheckpointManager``: model, optimizer and epoch counter in one atomic TF checkpoint), so a
+killed run started again with the same ``out_dir`` resumes inside the stage it was in. Each stage ends with per-finding and macro AUROC on
 the eval split in ``out_dir/metrics.json``; the final model is written as ``out_dir/model.keras`` and
 exported as a SavedModel (``cxr_tfp.export``). Stage 2 trains on cached frozen-backbone features by
-default. Training runs under the ``tf.distribute`` strategy named by ``config.distribute``.
+default. Training runs under the ``tf.distribute`` strategy named by ``config.distribute``; with
+``multi_worker`` (``MultiWorkerMirroredStrategy``, cluster from ``TF_CONFIG``) every worker trains, and
+only the chief writes ``out_dir`` (checkpoints, metrics, history, logs, model, export).
 """
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -22,14 +27,11 @@ import numpy as np
 from cxr_tfp import features as F
 from cxr_tfp.config import TrainConfig, add_config_arguments, load_config, overrides_from_args
 from cxr_tfp.input import FilePattern, list_files, make_dataset
+from cxr_tfp.cli import cli_main
 
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.jsonl"
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised by the test hook that simulates a killed run."""
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -121,11 +123,34 @@ def make_strategy(name: str):
     raise ValueError(f"unknown distribute strategy {name!r}")
 
 
-def _is_chief() -> bool:
+def worker_task() -> Tuple[str, int]:
+    """``(task type, index)`` of this process from ``TF_CONFIG`` (``("chief", 0)`` without one)."""
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    task = tf_config.get("task", {})
-    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
-                                                    and "chief" not in tf_config.get("cluster", {}))
+    task = tf_config.get("task") or {}
+    return str(task.get("type", "chief")), int(task.get("index", 0))
+
+
+def is_chief() -> bool:
+    """True for the process that writes outputs: the ``chief`` task, or worker 0 of a cluster without one."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    kind, index = worker_task()
+    if kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in (tf_config.get("cluster") or {})
+
+
+def _distributable(ds, cfg: TrainConfig):
+    """Shard by data (not by file) across workers: every worker walks the same global batches and
+    takes its slice of each, so the result does not depend on the number of workers or of files
+    (file sharding would give each worker different batches). The cost: each worker reads and
+    parses the whole split."""
+    if cfg.distribute != "multi_worker":
+        return ds
+    import tensorflow as tf
+
+    opts = tf.data.Options()
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(opts)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -272,36 +297,63 @@ def _read_json(path: str, default: Any) -> Any:
         return json.load(fh)
 
 
-def save_checkpoint(model, ckpt_dir: str, stage: int, epochs_done: int) -> None:
-    """Weights + optimizer state + epoch counter, written atomically (json last)."""
-    os.makedirs(ckpt_dir, exist_ok=True)
-    w_tmp = os.path.join(ckpt_dir, "tmp.weights.h5")
-    model.save_weights(w_tmp)
-    os.replace(w_tmp, os.path.join(ckpt_dir, "latest.weights.h5"))
-    opt_tmp = os.path.join(ckpt_dir, "optimizer.tmp.npz")
-    np.savez(opt_tmp, *[v.numpy() for v in model.optimizer.variables])
-    os.replace(opt_tmp, os.path.join(ckpt_dir, "optimizer.npz"))
-    _write_json(os.path.join(ckpt_dir, "checkpoint.json"), {"stage": stage, "epochs_done": epochs_done})
+class StageCheckpoint:
+    """Epoch checkpoints of one training stage: model and optimizer variables plus the epoch counter.
+
+    A ``tf.train.CheckpointManager`` writes TF checkpoints (the ``checkpoint`` index file is updated
+    last, so a kill mid-write leaves the previous checkpoint in force). Under
+    ``MultiWorkerMirroredStrategy`` every worker saves (TF's documented pattern), but only the chief
+    into ``directory``; the others write to a throw-away folder. Every worker restores from the
+    chief's ``directory``, so a restarted cluster resumes from one state. (Keras 3's
+    ``BackupAndRestore`` has no multi-worker handling: every worker would write the same file.)
+    """
+
+    def __init__(self, model, directory: str, chief: bool, max_to_keep: int = 2):
+        import tensorflow as tf
+
+        self.model, self.directory, self.chief = model, directory, chief
+        self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                              epochs_done=self.epochs_done)
+        self._write_dir = directory if chief else None
+        self.max_to_keep = max_to_keep
+
+    def restore(self) -> int:
+        """Restore the latest checkpoint of the stage, if any; return the number of epochs done."""
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(self.directory)
+        if latest is None:
+            return 0
+        # Optimizer slots exist only after build: create them so that the restore fills them now
+        # (Keras 3 variables are not restored lazily).
+        self.model.optimizer.build(self.model.trainable_variables)
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as exc:
+            raise ValueError(f"checkpoint {latest} does not match the model/optimizer: "
+                             f"{str(exc).splitlines()[0][:200]}") from None
+        return int(self.epochs_done.numpy())
+
+    def save(self, epochs_done: int) -> None:
+        """Write the checkpoint after ``epochs_done`` epochs (non-chief workers: into a temp folder)."""
+        import tensorflow as tf
+
+        self.epochs_done.assign(epochs_done)
+        directory = self._write_dir or tempfile.mkdtemp(prefix="cxr-tfp-worker-ckpt-")
+        tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=self.max_to_keep).save(
+            checkpoint_number=epochs_done)
+        if not self.chief:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
-def restore_checkpoint(model, ckpt_dir: str) -> int:
-    """Restore the latest epoch checkpoint of a stage; returns the number of epochs already done."""
-    info = _read_json(os.path.join(ckpt_dir, "checkpoint.json"), None)
-    if not info:
-        return 0
-    model.optimizer.build(model.trainable_variables)   # before load: the file holds optimizer slots too
-    model.load_weights(os.path.join(ckpt_dir, "latest.weights.h5"))
-    with np.load(os.path.join(ckpt_dir, "optimizer.npz")) as z:
-        values = [z[f"arr_{i}"] for i in range(len(z.files))]
-    if len(values) != len(model.optimizer.variables):
-        raise ValueError(f"checkpoint {ckpt_dir} does not match the model/optimizer "
-                         f"({len(values)} vs {len(model.optimizer.variables)} optimizer variables)")
-    for var, val in zip(model.optimizer.variables, values):
-        var.assign(val)
-    return int(info["epochs_done"])
+def _callbacks(model, cfg: TrainConfig, stage: int, out_dir: str, ckpt: StageCheckpoint, chief: bool,
+               extra: Sequence[Any]) -> List[Any]:
+    """Stage bookkeeping (KL warm-up, epoch checkpoint, history line), TensorBoard, then ``extra``.
 
-
-def _callbacks(model, cfg: TrainConfig, stage: int, out_dir: str, ckpt_dir: str, budget: Dict[str, Any]):
+    The checkpoint is written before any ``extra`` callback runs, so an ``extra`` callback that
+    stops the process at an epoch end (tests simulate a kill that way) loses nothing.
+    """
     import keras
 
     warmup = cfg.kl_warmup_epochs if stage == 2 else 0
@@ -313,30 +365,31 @@ def _callbacks(model, cfg: TrainConfig, stage: int, out_dir: str, ckpt_dir: str,
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self._t0   # training only, before the checkpoint write
-            if _is_chief():
-                save_checkpoint(model, ckpt_dir, stage, epoch + 1)
+            ckpt.save(epoch + 1)
+            if not chief:
+                return
             rec = {"stage": stage, "epoch": epoch, "seconds": seconds,
                    "kl_scale": float(model.kl_scale.numpy()),
                    **{k: float(v) for k, v in (logs or {}).items()}}
             with open(os.path.join(out_dir, HISTORY_FILE), "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
-            budget["epochs"] += 1
-            if budget["limit"] is not None and budget["epochs"] >= budget["limit"]:
-                raise TrainingInterrupted(f"interrupted after {budget['epochs']} epochs (test hook)")
 
-    tb = keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, "logs", f"stage{stage}"),
-                                     write_graph=False, update_freq="epoch")
-    return [StageCallback(), tb]
+    out = [StageCallback()]
+    if chief:
+        out.append(keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, "logs", f"stage{stage}"),
+                                               write_graph=False, update_freq="epoch"))
+    return out + list(extra)
 
 
 # ---------------------------------------------------------------------------------------- main entry
 def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FilePattern, out_dir: str,
-                export_dir: Optional[str] = None, *, _interrupt_after_epochs: Optional[int] = None
-                ) -> Dict[str, Any]:
+                export_dir: Optional[str] = None, *, callbacks: Sequence[Any] = ()) -> Dict[str, Any]:
     """Run stage 1 then stage 2 (resuming from ``out_dir``), evaluate, save and export.
 
+    ``callbacks``: extra Keras callbacks for both stages' ``fit`` (after the epoch checkpoint).
     Returns the metrics dict also written to ``out_dir/metrics.json``: ``stage1`` / ``stage2`` entries
     with per-finding ``auroc``, ``macro_auroc`` and ``num_eval``, plus ``thresholds`` and ``findings``.
+    On a non-chief worker of a multi-worker cluster nothing is written (the chief writes).
     """
     import keras
     import tensorflow as tf
@@ -348,6 +401,10 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
         config = TrainConfig.from_dict(config)
     cfg = config
     cfg.validate()
+    # MultiWorkerMirroredStrategy configures the collective ops of the TF runtime: it must exist
+    # before the first TF op below runs.
+    strategy = make_strategy(cfg.distribute)
+    chief = is_chief()
     findings = cfg.finding_names
     train = list_files(train_files)
     evals = list_files(eval_files)
@@ -360,7 +417,9 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
     if cfg.weights and not os.path.exists(cfg.weights):
         raise FileNotFoundError(f"config: weights file not found: {cfg.weights}")
 
-    os.makedirs(out_dir, exist_ok=True)
+    if chief:
+        os.makedirs(out_dir, exist_ok=True)
+    save_json = _write_json if chief else (lambda path, obj: None)
     export_dir = export_dir or os.path.join(out_dir, "saved_model")
     state = _read_json(os.path.join(out_dir, STATE_FILE), {})
     comparable = lambda d: {k: v for k, v in (d or {}).items() if k != "verbose"}  # noqa: E731
@@ -370,14 +429,12 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
         raise ValueError(f"{out_dir} holds a run with a different config (changed: {', '.join(changed)}); "
                          f"use a new --out directory to start over")
     state["config"] = cfg.to_dict()
-    _write_json(os.path.join(out_dir, STATE_FILE), state)
+    save_json(os.path.join(out_dir, STATE_FILE), state)
     metrics = _read_json(os.path.join(out_dir, METRICS_FILE), {})
     metrics["findings"] = list(findings)
     metrics["train_examples"] = scan["num_examples"]
     metrics["annotated_examples"] = scan["annotated"]
-    budget = {"epochs": 0, "limit": _interrupt_after_epochs}
 
-    strategy = make_strategy(cfg.distribute)
     with strategy.scope():
         model = build_model(cfg)
         if cfg.pos_weight:
@@ -392,15 +449,17 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
         with strategy.scope():
             model.set_stage(stage, cfg.freeze)
             model.compile(optimizer=keras.optimizers.Adam(learning_rate_for(cfg, stage, scan)))
-            done = restore_checkpoint(model, ckpt_dir)
+            ckpt = StageCheckpoint(model, ckpt_dir, chief)
+            done = ckpt.restore()
             if done == 0 and on_fresh_start is not None:
                 on_fresh_start()
         if done < epochs:
             print(f"[train] {key}: epochs {done + 1}..{epochs} "
                   f"({'resumed' if done else 'from the start'})", file=sys.stderr)
             t0 = time.perf_counter()
-            model.fit(dataset_fn(), epochs=epochs, initial_epoch=done, verbose=cfg.verbose, shuffle=False,
-                      callbacks=_callbacks(model, cfg, stage, out_dir, ckpt_dir, budget))
+            model.fit(_distributable(dataset_fn(), cfg), epochs=epochs, initial_epoch=done,
+                      verbose=cfg.verbose, shuffle=False,
+                      callbacks=_callbacks(model, cfg, stage, out_dir, ckpt, chief, callbacks))
             train_seconds = time.perf_counter() - t0
         else:
             train_seconds = 0.0
@@ -409,10 +468,11 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
         rep["epochs"] = epochs
         rep["train_seconds_this_run"] = round(train_seconds, 3)
         metrics[key] = rep
-        model.save_weights(os.path.join(out_dir, f"{key}.weights.h5"))
+        if chief:
+            model.save_weights(os.path.join(out_dir, f"{key}.weights.h5"))
         state[f"{key}_done"] = True
-        _write_json(os.path.join(out_dir, METRICS_FILE), metrics)
-        _write_json(os.path.join(out_dir, STATE_FILE), state)
+        save_json(os.path.join(out_dir, METRICS_FILE), metrics)
+        save_json(os.path.join(out_dir, STATE_FILE), state)
         print(f"[train] {key}: eval macro AUROC = {rep['macro_auroc']}", file=sys.stderr)
 
     # Stage 1 ------------------------------------------------------------------------------------
@@ -443,11 +503,11 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
     model.thresholds = choose_thresholds(findings, probs, labels, mask)
     metrics["final_stage"] = final
     metrics["thresholds"] = model.thresholds
-    if _is_chief():
+    if chief:
         model.save(os.path.join(out_dir, "model.keras"))
         export_saved_model(model, export_dir, cfg.num_samples)
     metrics["export_dir"] = export_dir
-    _write_json(os.path.join(out_dir, METRICS_FILE), metrics)
+    save_json(os.path.join(out_dir, METRICS_FILE), metrics)
     return json.loads(json.dumps(metrics, default=_json_default))
 
 
@@ -467,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)

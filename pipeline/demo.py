@@ -22,6 +22,7 @@ from typing import List, Optional
 
 import pipeline  # noqa: F401  (pins Keras 3 before tfx is imported)
 from pipeline import configs
+from cxr_tfp.cli import cli_main
 
 DEFAULT_PATIENTS = configs.DEMO_PATIENTS
 DEFAULT_IMAGE_SIZE = configs.DEMO_IMAGE_SIZE
@@ -258,6 +259,7 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
     return 0
 
 
+@cli_main
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -40,4 +40,8 @@ def compile_pipeline(settings: Optional[configs.PipelineSettings] = None,
 
 
 if __name__ == "__main__":
-    print(compile_pipeline(output_dir=os.environ.get("CXR_TFP_SPEC_DIR", ".")))
+    import sys
+
+    from cxr_tfp.cli import run as _run_cli  # one-line errors, exit 1/2 (--debug: traceback)
+
+    sys.exit(_run_cli(lambda _argv: print(compile_pipeline(output_dir=os.environ.get("CXR_TFP_SPEC_DIR", "."))) or 0))

@@ -32,4 +32,6 @@ def run(settings: "configs.PipelineSettings | None" = None, **create_kwargs) -> 
 
 
 if __name__ == "__main__":
-    run()
+    from cxr_tfp.cli import run as _run_cli  # one-line errors, exit 1/2 (--debug: traceback)
+
+    sys.exit(_run_cli(lambda _argv: run() or 0))

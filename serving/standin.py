@@ -42,6 +42,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import grpc
 import numpy as np
 
+from cxr_tfp.cli import cli_main
 from cxr_tfp.model_dir import (MAX_MESSAGE_BYTES, MODEL_NAME, SAVED_MODEL_FILE, SERVING_SIGNATURE,
                                WARMUP_FILE, find_versions)
 
@@ -314,6 +315,7 @@ def start_server(model_base_path: str, model_name: str = MODEL_NAME, port: Optio
     return StandinServer(server, address, servicer)
 
 
+@cli_main
 def main(argv: Optional[List[str]] = None) -> int:
     """CLI: serve a model base path until interrupted (flags named as tensorflow_model_server's)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -7,10 +7,32 @@ from cxr_tfp.features import SPLITS
 
 def test_salt_precedence_option_then_env_then_default(monkeypatch):
     monkeypatch.delenv(P.ENV_VAR, raising=False)
+    monkeypatch.delenv(P.FILE_ENV_VAR, raising=False)
     assert P.get_salt() == P.DEFAULT_SALT
     monkeypatch.setenv(P.ENV_VAR, "site-secret")
     assert P.get_salt() == "site-secret"
     assert P.get_salt("cli-salt") == "cli-salt"
+
+
+def test_salt_from_a_mounted_secret_file(monkeypatch, tmp_path):
+    monkeypatch.delenv(P.ENV_VAR, raising=False)
+    secret = tmp_path / "salt"
+    secret.write_text("mounted-secret\n")            # secret volumes often end with a newline
+    monkeypatch.setenv(P.FILE_ENV_VAR, str(secret))
+    assert P.get_salt() == "mounted-secret"
+    assert P.salt_fingerprint() == P.salt_fingerprint("mounted-secret") != P.salt_fingerprint(P.DEFAULT_SALT)
+    assert "mounted-secret" not in P.salt_fingerprint()
+    monkeypatch.setenv(P.ENV_VAR, "env-wins")          # the variable beats the file
+    assert P.get_salt() == "env-wins"
+    monkeypatch.delenv(P.ENV_VAR)
+    # a named secret that is missing or empty fails: never the public default in its place
+    monkeypatch.setenv(P.FILE_ENV_VAR, str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match="absent"):
+        P.get_salt()
+    (tmp_path / "empty").write_text("")
+    monkeypatch.setenv(P.FILE_ENV_VAR, str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="empty"):
+        P.get_salt()
 
 
 def test_keys_are_deterministic_salted_namespaced_and_hide_the_id(monkeypatch):

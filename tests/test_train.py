@@ -13,7 +13,7 @@ from cxr_tfp import features as F
 from cxr_tfp import model_dir as MD
 from cxr_tfp.config import TrainConfig, load_config
 from cxr_tfp.model_dir import read_labels
-from cxr_tfp.train import TrainingInterrupted, main, train_model
+from cxr_tfp.train import main, train_model
 from tests.model.synth import make_records, write_dataset, write_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,12 +73,33 @@ def test_keras_and_savedmodel_agree(trained, data):
     np.testing.assert_allclose(got[MD.PROBABILITIES].numpy(), ref[MD.PROBABILITIES], atol=1e-5)
 
 
+class Killed(Exception):
+    """What the kill callback raises: the process 'dies' at an epoch end."""
+
+
+def kill_after(epochs):
+    """A Keras callback that stops the run after ``epochs`` epochs in total (over both stages)."""
+    import keras
+
+    class KillAfter(keras.callbacks.Callback):
+        seen = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            KillAfter.seen += 1
+            if KillAfter.seen >= epochs:
+                raise Killed(f"killed after {KillAfter.seen} epochs")
+
+    return KillAfter()
+
+
 def test_resume_continues_without_lost_or_repeated_epochs(data, tmp_path, trained):
     out = str(tmp_path / "run")
     tr, ev = os.path.join(data, "train"), os.path.join(data, "eval")
-    with pytest.raises(TrainingInterrupted):
-        train_model(small_cfg(), tr, ev, out, _interrupt_after_epochs=3)   # dies inside stage 2
+    with pytest.raises(Killed):
+        train_model(small_cfg(), tr, ev, out, callbacks=[kill_after(3)])   # dies inside stage 2
     assert not os.path.exists(os.path.join(out, "model.keras"))
+    # the epoch checkpoint of stage 2 was written before the kill: a TF checkpoint after epoch 1
+    assert tf.train.latest_checkpoint(os.path.join(out, "checkpoints", "stage2")).endswith("-1")
     stage1 = json.load(open(os.path.join(out, "metrics.json")))["stage1"]
     metrics = train_model(small_cfg(), tr, ev, out)
     hist = [json.loads(l) for l in open(os.path.join(out, "history.jsonl"))]
@@ -86,6 +107,44 @@ def test_resume_continues_without_lost_or_repeated_epochs(data, tmp_path, traine
     # the stage-1 result of the interrupted run is kept, not recomputed
     assert metrics["stage1"] == stage1
     assert "stage2" in metrics and os.path.exists(os.path.join(out, "model.keras"))
+
+
+def test_checkpoint_restores_weights_optimizer_and_epoch(data, tmp_path):
+    """A checkpoint restored into a fresh model gives back its variables, Adam's slots and step count."""
+    import keras
+
+    from cxr_tfp.model import build_model
+    from cxr_tfp.train import StageCheckpoint, stage1_dataset
+
+    cfg = small_cfg(stage1_epochs=1, stage2_epochs=0)
+    ckpt_dir = str(tmp_path / "ckpt")
+    model = build_model(cfg)
+    model.set_stage(1, cfg.freeze)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(stage1_dataset(cfg, os.path.join(data, "train")), epochs=1, verbose=0)
+    StageCheckpoint(model, ckpt_dir, chief=True).save(1)
+
+    fresh = build_model(cfg)
+    fresh.set_stage(1, cfg.freeze)
+    fresh.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert StageCheckpoint(fresh, ckpt_dir, chief=True).restore() == 1
+    assert int(fresh.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) > 0
+    for a, b in zip(model.weights, fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Adam's moments, in creation order (the second model's variable names carry a suffix)
+    assert len(model.optimizer.variables) == len(fresh.optimizer.variables) > 2
+    for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # a non-chief worker saves into a throw-away folder: the chief's folder is untouched
+    before = sorted(os.listdir(ckpt_dir))
+    StageCheckpoint(model, ckpt_dir, chief=False).save(2)
+    assert sorted(os.listdir(ckpt_dir)) == before
+    # a checkpoint of another architecture is refused with the checkpoint's name
+    other = build_model(small_cfg(latent_dim=4, stage2_epochs=0))
+    other.set_stage(1, cfg.freeze)
+    other.compile(optimizer=keras.optimizers.Adam(1e-3))
+    with pytest.raises(ValueError, match="ckpt-1"):
+        StageCheckpoint(other, ckpt_dir, chief=True).restore()
 
 
 def test_bad_config_fails_before_training(data, tmp_path):

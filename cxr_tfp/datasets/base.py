@@ -61,6 +61,8 @@ class SourceRecord:
     gaze: Optional[Gaze] = None
     frame: Optional[Tuple[float, float]] = None   # (w, h) the annotation coordinates refer to
     extra_inputs: int = 0                 # other annotation inputs folded into this record
+    patient_key: Optional[str] = None     # salted key set instead of patient_id (cxr_tfp.workfiles)
+    example_key: Optional[str] = None     # salted key set instead of image_id
 
     @property
     def n_annotation_inputs(self) -> int:
@@ -182,26 +184,78 @@ def parse_chexpert_value(text) -> Optional[float]:
 
 
 def open_text(path: Union[str, os.PathLike]) -> io.TextIOBase:
-    """Open a CSV that may be gzipped (by extension)."""
+    """Open a CSV that may be gzipped (by extension), decoded strictly as UTF-8.
+
+    A byte that is not UTF-8 raises :class:`DatasetLayoutError` naming the file, line and column
+    (the whole table is decoded up front: label tables are a few MB, and a late failure would name
+    no line).
+    """
     p = str(path)
-    if p.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8-sig", newline="")
-    return open(p, "r", encoding="utf-8-sig", newline="")
+    try:
+        if p.endswith(".gz"):
+            with gzip.open(p, "rb") as fh:
+                raw = fh.read()
+        else:
+            with open(p, "rb") as fh:
+                raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DatasetLayoutError(f"{p}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DatasetLayoutError(f"{p}: line {line}, column {col}: byte 0x{raw[exc.start]:02x} is not UTF-8; "
+                                 f"save the table as UTF-8") from None
+    return io.StringIO(text, newline="")
 
 
-def read_csv(path: Union[str, os.PathLike]) -> Tuple[List[str], Iterator[Tuple[int, List[str]]]]:
-    """(header, iterator of (line number, fields)). Line numbers are 1-based file lines."""
+def require_columns(path: Union[str, os.PathLike], header: Sequence[str], required: Sequence[str]) -> None:
+    """Raise :class:`DatasetLayoutError` naming each required column absent from ``header``.
+
+    A renamed column must fail the build, not silently turn every value into UNKNOWN.
+    """
+    missing = [c for c in required if c not in header]
+    if not missing:
+        return
+    import difflib
+
+    hints = []
+    for c in missing:
+        near = difflib.get_close_matches(c, header, n=1, cutoff=0.6)
+        hints.append(f"{c!r}" + (f" (found {near[0]!r}: renamed?)" if near else ""))
+    raise DatasetLayoutError(f"{path}: line 1: missing required column{'s' if len(missing) > 1 else ''} "
+                             f"{', '.join(hints)}")
+
+
+def read_csv(path: Union[str, os.PathLike], required: Sequence[str] = ()
+             ) -> Tuple[List[str], Iterator[Tuple[int, List[str]]]]:
+    """(header, iterator of (line number, fields)). Line numbers are 1-based file lines.
+
+    ``required`` columns are checked at once (:func:`require_columns`); a row the CSV parser cannot
+    read raises :class:`DatasetLayoutError` naming the file and line.
+    """
     fh = open_text(path)
     reader = csv.reader(fh)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         fh.close()
+        require_columns(path, [], required)
         return [], iter(())
+    except csv.Error as exc:
+        raise DatasetLayoutError(f"{path}: line 1: {exc}") from None
+    require_columns(path, header, required)
 
     def rows():
         with fh:
-            for fields in reader:
+            while True:
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    raise DatasetLayoutError(f"{path}: line {reader.line_num}: {exc}") from None
                 if not fields or all(not f.strip() for f in fields):
                     continue
                 yield reader.line_num, fields
@@ -209,12 +263,21 @@ def read_csv(path: Union[str, os.PathLike]) -> Tuple[List[str], Iterator[Tuple[i
     return header, rows()
 
 
-def read_dict_csv(path: Union[str, os.PathLike]) -> Iterator[Tuple[int, Dict[str, str]]]:
-    """Rows as dicts keyed by the (stripped) header; rows with a wrong field count raise ValueError lazily."""
-    header, rows = read_csv(path)
+def malformed_reason(n_fields: int, n_header: int) -> str:
+    """Why a row with the wrong number of fields is rejected, naming the first bad column."""
+    if n_fields > n_header:
+        return f"{n_fields} fields, header has {n_header} (column {n_header + 1} is extra)"
+    return f"{n_fields} fields, header has {n_header} (column {n_fields + 1} is missing)"
+
+
+def read_dict_csv(path: Union[str, os.PathLike], required: Sequence[str] = ()
+                  ) -> Iterator[Tuple[int, Dict[str, str]]]:
+    """Rows as dicts keyed by the (stripped) header; rows with a wrong field count come as
+    ``{"__malformed__": reason}``. ``required`` columns are checked before the first row."""
+    header, rows = read_csv(path, required)
     for line, fields in rows:
         if len(fields) != len(header):
-            yield line, {"__malformed__": f"{len(fields)} fields, header has {len(header)}"}
+            yield line, {"__malformed__": malformed_reason(len(fields), len(header))}
             continue
         yield line, dict(zip(header, fields))
 

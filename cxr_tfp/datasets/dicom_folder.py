@@ -15,6 +15,10 @@ Labels: ``Finding Labels`` as in NIH (``|``-joined, ``No Finding`` = all negativ
 named by ``--label-vocabulary`` (default ``nih``: the 14 NIH findings get mask 1). Without a label
 table every label has mask 0 (unlabelled data, e.g. for inference or a TFX statistics run). With a
 label table, files it does not list are rejected and rows naming a missing file are rejected.
+
+Duplicates: the launcher reads each file's ``SOPInstanceUID`` (header only, stopping before the
+pixels); a file whose UID was already seen (in sorted path order) is rejected as a duplicate, so
+the same image is written once and cannot sit in two splits.
 """
 from __future__ import annotations
 
@@ -48,6 +52,18 @@ def find_dicoms(root: Path) -> List[Path]:
             if low.endswith(DICOM_SUFFIXES) or ("." not in f and _looks_like_dicom(p)):
                 out.append(p)
     return out
+
+
+def sop_instance_uid(path: Path) -> Optional[str]:
+    """The file's SOPInstanceUID from its header (no pixel data read), or None if unreadable."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    except Exception:  # noqa: BLE001  (an unreadable header is the worker's dead letter, with its reason)
+        return None
+    uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+    return uid or None
 
 
 def parse_labels(text: str, vocabulary) -> Tuple:
@@ -93,7 +109,7 @@ class DicomFolderAdapter(Adapter):
         lp = self.labels_path()
         if lp is not None:
             table = {}
-            for line, r in read_dict_csv(lp):
+            for line, r in read_dict_csv(lp, required=("file", "Finding Labels")):
                 src = f"{lp.name}:{line}"
                 if "__malformed__" in r:
                     rejected.append(Rejected(src, "labels", f"malformed row: {r['__malformed__']}"))
@@ -109,8 +125,16 @@ class DicomFolderAdapter(Adapter):
             for f in sorted(set(table) - present):
                 rejected.append(Rejected(f"{lp.name} ({f})", "read", "label row for a file that is not there"))
         records: List[SourceRecord] = []
+        seen: Dict[str, str] = {}
         for p in self.files():
             rp = rel(p, self.root).replace(os.sep, "/")
+            uid = sop_instance_uid(p)
+            if uid is not None:
+                if uid in seen:
+                    rejected.append(Rejected(rp, "dedupe", "duplicate SOPInstanceUID: an earlier file (in path "
+                                                           "order) holds the same image, written once"))
+                    continue
+                seen[uid] = rp
             if table is not None:
                 lab = table.get(rp)
                 if lab is None:
@@ -124,7 +148,7 @@ class DicomFolderAdapter(Adapter):
                 labels, mask = empty_labels()
             records.append(SourceRecord(
                 dataset=self.name, namespace=self.namespace, source=rp, image_path=str(p),
-                image_id=None, patient_id=None, labels=labels, label_mask=mask, view=None))
+                image_id=uid, patient_id=None, labels=labels, label_mask=mask, view=None))
         return records, rejected
 
     def items(self) -> Iterator[Item]:

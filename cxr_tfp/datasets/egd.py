@@ -134,7 +134,7 @@ class EGDAdapter(Adapter):
         rejected: List[Rejected] = []
         rejected_ids: Dict[str, str] = {}
         columns: Optional[Dict[str, str]] = None
-        for line, r in read_dict_csv(self.root / MASTER_SHEET):
+        for line, r in read_dict_csv(self.root / MASTER_SHEET, required=("dicom_id", "patient_id", "path")):
             src = f"{MASTER_SHEET}:{line}"
             if "__malformed__" in r:
                 rejected.append(Rejected(src, "labels", f"malformed row: {r['__malformed__']}"))

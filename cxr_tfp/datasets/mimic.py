@@ -92,7 +92,7 @@ def read_split_table(path: Optional[Path]) -> Dict[str, Tuple[str, str]]:
     out: Dict[str, Tuple[str, str]] = {}
     if path is None:
         return out
-    for _, r in read_dict_csv(path):
+    for _, r in read_dict_csv(path, required=("dicom_id", "subject_id", "split")):
         if "__malformed__" in r:
             continue
         s = SPLIT_NAMES.get(str(r.get("split", "")).strip().lower())
@@ -133,7 +133,7 @@ class MIMICAdapter(Adapter):
         path = table(self.root, self.labeler)
         out: Dict[Tuple[str, str], object] = {}
         columns: Optional[Dict[str, str]] = None
-        for line, r in read_dict_csv(path):
+        for line, r in read_dict_csv(path, required=("subject_id", "study_id")):
             if "__malformed__" in r:
                 continue  # no key to attach the reason to; counted through the images of the study
             if columns is None:
@@ -150,7 +150,7 @@ class MIMICAdapter(Adapter):
         """(source, subject, study, dicom_id, ViewPosition, error) for each image row / file."""
         meta = table(self.root, "metadata")
         if meta is not None:
-            for line, r in read_dict_csv(meta):
+            for line, r in read_dict_csv(meta, required=("subject_id", "study_id", "dicom_id", "ViewPosition")):
                 if "__malformed__" in r:
                     yield f"{meta.name}:{line}", "", "", "", None, r["__malformed__"]
                     continue

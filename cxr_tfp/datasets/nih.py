@@ -128,10 +128,7 @@ class NIHAdapter(Adapter):
         images = self.images()
         table = self.table_path()
         tname = table.name
-        header, rows = read_csv(table)
-        missing = [c for c in NIH_COLUMNS[:3] if c not in header]
-        if missing:
-            raise DatasetLayoutError(f"{table} is not an NIH label table: missing columns {missing}")
+        header, rows = read_csv(table, required=NIH_COLUMNS)  # a renamed column fails here
         ci = {c: header.index(c) for c in NIH_COLUMNS if c in header}
         need = max(ci.values()) + 1
         records: Dict[str, SourceRecord] = {}

@@ -14,7 +14,14 @@ The pixel pipeline follows the DICOM grayscale standard display chain (PS3.3 C.1
 Rejected (raise :class:`~cxr_tfp.io.errors.NotChestXrayError`): colour DICOMs (RGB, YBR, more than
 one sample per pixel), modalities that are not projection radiography (allowed: CR, DX, DR, RG,
 and a missing Modality), a ``BodyPartExamined`` that names something other than the chest, and
-multi-frame images. Messages never include header values that identify the patient.
+multi-frame images, and (unless ``allow_burned_in``) images whose ``BurnedInAnnotation`` is YES:
+text burnt into the pixels (names, dates, IDs) is not removed by hashing the header.
+
+Header values in messages: only the fields of :data:`ECHO_ALLOWED`, and only when the value is one
+of that field's defined terms (a coded value, never free text: a name planted in ``Modality`` is
+not echoed). ``BodyPartExamined`` and every other header value are never echoed. Each error also
+carries a ``redacted`` reason with no header value at all (``--redact-sources``). The pixel limit
+(:mod:`cxr_tfp.io.limits`) is checked on ``Rows`` x ``Columns`` x frames before decoding.
 """
 from __future__ import annotations
 
@@ -28,6 +35,33 @@ from cxr_tfp.io.decoded import DecodedImage
 from cxr_tfp.io.views import normalise_view
 
 XRAY_MODALITIES = ("CR", "DX", "DR", "RG")
+# Header fields whose value may appear in an error message, each with its defined terms (PS3.3
+# C.7.3.1.1.1 / C.7.6.3.1.2): coded values only, none of them can identify a patient.
+ECHO_ALLOWED = {
+    "Modality": frozenset("""AR ASMT AU BDUS BI BMD CR CT CTPROTOCOL DG DOC DX ECG EPS ES FID GM HC HD IO
+        IOL IVOCT IVUS KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PLAN PR
+        PT PX REG RESP RF RG RTDOSE RTIMAGE RTPLAN RTRECORD RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP
+        TG US VA XA XC DR""".split()),
+    "PhotometricInterpretation": frozenset(["MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV",
+                                            "ARGB", "CMYK", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_422",
+                                            "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"]),
+}
+
+
+def echo(field: str, value) -> str:
+    """``value`` if it is a defined term of an allow-listed ``field``, else a placeholder."""
+    v = str(value or "").strip().upper()
+    return v if v in ECHO_ALLOWED.get(field, ()) else "(value not shown)"
+
+
+def _transfer_syntax_name(ds) -> str:
+    """Name of a standard transfer syntax; a private or malformed UID is not echoed."""
+    from pydicom.uid import AllTransferSyntaxes
+
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None:
+        return "unknown transfer syntax"
+    return ts.name if ts in AllTransferSyntaxes else "non-standard transfer syntax"
 CHEST_WORDS = ("CHEST", "THORAX", "THORAC", "LUNG", "TORAX", "TORSO", "BREAST_CHEST", "PORT")
 
 
@@ -48,15 +82,18 @@ def _check_is_cxr(ds) -> None:
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if spp != 1 or pi not in ("MONOCHROME1", "MONOCHROME2"):
         raise NotChestXrayError(
-            f"colour DICOM (PhotometricInterpretation {pi}, {spp} samples per pixel): "
-            "a chest X-ray must be MONOCHROME1/2")
+            f"colour DICOM (PhotometricInterpretation {echo('PhotometricInterpretation', pi)}, {spp} "
+            "samples per pixel): a chest X-ray must be MONOCHROME1/2",
+            redacted="colour DICOM: a chest X-ray must be MONOCHROME1/2")
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if modality and modality not in XRAY_MODALITIES:
         raise NotChestXrayError(
-            f"Modality {modality} is not a projection radiograph (expected one of {', '.join(XRAY_MODALITIES)})")
+            f"Modality {echo('Modality', modality)} is not a projection radiograph (expected one of "
+            f"{', '.join(XRAY_MODALITIES)})",
+            redacted=f"Modality is not a projection radiograph (expected one of {', '.join(XRAY_MODALITIES)})")
     body = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     if body and not any(w in body for w in CHEST_WORDS):
-        raise NotChestXrayError(f"BodyPartExamined {body!r} is not the chest")
+        raise NotChestXrayError("BodyPartExamined is not the chest")
     frames = ds.get("NumberOfFrames", 1)
     try:
         frames = int(frames or 1)
@@ -134,21 +171,40 @@ def read_dataset(data: bytes, stop_before_pixels: bool = False):
     return ds
 
 
-def decode_dicom(data: bytes) -> DecodedImage:
+def _int(ds, name: str, default: int) -> int:
+    try:
+        return int(ds.get(name, default) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def _check_burned_in(ds) -> None:
+    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+        raise NotChestXrayError("BurnedInAnnotation is YES: text burnt into the pixels may identify the "
+                                "patient (keep such images with --keep-burned-in)")
+
+
+def decode_dicom(data: bytes, max_pixels: Optional[int] = None, allow_burned_in: bool = False) -> DecodedImage:
     """DICOM bytes -> :class:`DecodedImage` (uint8 grey, view and pseudonymisable ids attached)."""
+    from cxr_tfp.io.limits import check_pixels
+
     ds = read_dataset(data)
     if "PixelData" not in ds:
         raise DecodeError("DICOM has no pixel data")
     _check_is_cxr(ds)
+    if not allow_burned_in:
+        _check_burned_in(ds)
+    check_pixels(_int(ds, "Columns", 0), _int(ds, "Rows", 0), max_pixels,
+                 frames=_int(ds, "NumberOfFrames", 1), samples=_int(ds, "SamplesPerPixel", 1))
     from pydicom.pixels import apply_modality_lut
 
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    ts_name = getattr(ts, "name", str(ts)) if ts is not None else "unknown transfer syntax"
+    ts_name = _transfer_syntax_name(ds)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001  (pydicom raises many types for bad pixel data)
-        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise DecodeError(f"cannot decode DICOM pixel data ({ts_name}): {msg}") from None
+        # pydicom's message may quote header values: only its type is echoed.
+        raise DecodeError(f"cannot decode DICOM pixel data ({ts_name}): {type(exc).__name__}",
+                          redacted=f"cannot decode DICOM pixel data ({type(exc).__name__})") from None
     if arr.ndim != 2:
         raise NotChestXrayError(f"DICOM pixel array has shape {arr.shape}: expected one 2-D grey image")
     arr = _mask_bits(arr, ds)

@@ -6,9 +6,17 @@ from __future__ import annotations
 
 
 class InputError(ValueError):
-    """An input that cannot become a record. ``stage`` says where it failed."""
+    """An input that cannot become a record. ``stage`` says where it failed.
+
+    ``redacted`` is the same reason without any header value (even allow-listed ones), used when
+    the build runs with ``--redact-sources``.
+    """
 
     stage = "input"
+
+    def __init__(self, message: str = "", redacted: "str | None" = None):
+        super().__init__(message)
+        self.redacted = redacted if redacted is not None else message
 
 
 class MissingFileError(InputError):

@@ -79,12 +79,20 @@ def _to_uint8_grey(img) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
-def decode_raster(data: bytes) -> np.ndarray:
-    """PNG / JPEG / other Pillow format bytes -> uint8 [H, W]. Raises :class:`DecodeError`."""
+def decode_raster(data: bytes, max_pixels: Optional[int] = None) -> np.ndarray:
+    """PNG / JPEG / other Pillow format bytes -> uint8 [H, W]. Raises :class:`DecodeError`.
+
+    The header's width x height is checked against ``max_pixels`` (default
+    :func:`cxr_tfp.io.limits.max_pixels_default`) before any pixel is decoded.
+    """
     from PIL import Image, UnidentifiedImageError
+
+    from cxr_tfp.io.limits import check_pixels, raster_size
 
     if not data:
         raise DecodeError("empty file")
+    w, h = raster_size(data)
+    check_pixels(w, h, max_pixels)
     try:
         img = Image.open(_io.BytesIO(data))
         img.load()  # force a full decode: a truncated file fails here, not later
@@ -100,15 +108,20 @@ def decode_raster(data: bytes) -> np.ndarray:
     return _to_uint8_grey(img)
 
 
-def decode_image(data: bytes) -> DecodedImage:
-    """Any supported encoded image (PNG, JPEG, DICOM) -> :class:`DecodedImage`."""
+def decode_image(data: bytes, max_pixels: Optional[int] = None,
+                 allow_burned_in: bool = False) -> DecodedImage:
+    """Any supported encoded image (PNG, JPEG, DICOM) -> :class:`DecodedImage`.
+
+    ``max_pixels``: header-checked pixel limit (see :mod:`cxr_tfp.io.limits`); ``allow_burned_in``:
+    keep DICOMs whose header says ``BurnedInAnnotation YES`` (rejected by default).
+    """
     if is_dicom(data):
-        out = decode_dicom(data)
+        out = decode_dicom(data, max_pixels=max_pixels, allow_burned_in=allow_burned_in)
     else:
         from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
 
         fmt = "jpeg" if data[:3] == b"\xff\xd8\xff" else ("png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image")
-        out = DecodedImage(pixels=decode_raster(data), source_format=fmt)
+        out = DecodedImage(pixels=decode_raster(data, max_pixels), source_format=fmt)
     h, w = out.pixels.shape
     if min(h, w) < MIN_SIDE:
         raise NotChestXrayError(f"image is {w}x{h} pixels: too small to be a radiograph")

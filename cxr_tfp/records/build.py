@@ -30,7 +30,14 @@ finding, examples with a positive / known label; ``annotated`` counts examples w
 either. Rows skipped on purpose (label rows of images absent from a partial download, filtered
 views) are listed under ``skipped`` and are not inputs. The run fails (non-zero exit) when
 ``rejected / in`` exceeds ``--max-rejected-fraction``; the outputs and ``summary.json`` (``status:
-failed``) are still written so the dead letters can be inspected.
+failed``) go to ``OUT.failed/`` so the dead letters can be inspected, and ``OUT`` is left as it was.
+
+Nothing lost (:mod:`cxr_tfp.staging`): the build writes into ``.OUT.staging/`` beside ``OUT`` (owner-only)
+and swaps it in only when shards, dead letters and summary are complete; a killed or failed build
+leaves the previous ``OUT`` byte-for-byte intact, and the next run removes its staging folder
+(Beam temp files included). A second build into the same ``OUT`` is refused while the first runs
+(``.OUT.lock`` names the holder). ``OUT`` must be new, empty or a previous build. The records handed
+to the workers are sealed (:mod:`cxr_tfp.workfiles`): salted keys, encrypted, 0600.
 """
 from __future__ import annotations
 
@@ -38,7 +45,6 @@ import argparse
 import json
 import logging
 import os
-import pickle
 import shutil
 import sys
 import threading
@@ -54,6 +60,7 @@ from cxr_tfp.io.images import RESIZE_MODES
 from cxr_tfp.labels import FINDINGS
 from cxr_tfp.features import SPLITS
 from cxr_tfp.privacy import parse_fractions, pseudonym, salt_fingerprint
+from cxr_tfp.cli import cli_main
 
 DEFAULT_IMAGE_SIZE = 256
 DEFAULT_WORKERS = 2
@@ -80,11 +87,10 @@ class RejectedFractionError(BuildError):
 # ---------------------------------------------------------------------------------------------
 # Beam pieces (module level so that workers can unpickle them)
 # ---------------------------------------------------------------------------------------------
-def _load_work_shard(path: str) -> List[SourceRecord]:
-    from apache_beam.io.filesystems import FileSystems
+def _load_work_shard(path: str, key: bytes) -> List[SourceRecord]:
+    from cxr_tfp.workfiles import read_shard
 
-    with FileSystems.open(path) as fh:
-        return pickle.loads(fh.read())
+    return read_shard(path, key)
 
 
 class _Progress:
@@ -226,20 +232,6 @@ def _progress_thread(folder: Path, total: int, stop: threading.Event, stream) ->
     return th
 
 
-def _clean_outputs(out: Path) -> None:
-    for sp in SPLITS:
-        d = out / sp
-        if d.is_dir():
-            for f in d.glob(f"*{SHARD_SUFFIX}"):
-                f.unlink()
-    for name in ("dead_letters.jsonl", "summary.json"):
-        if (out / name).exists():
-            (out / name).unlink()
-    for name in (".work", ".progress", ".beam_dead", ".beam_stats"):
-        if (out / name).exists():
-            shutil.rmtree(out / name, ignore_errors=True)
-
-
 def _read_lines(prefix: Path) -> List[str]:
     lines: List[str] = []
     for f in sorted(prefix.parent.glob(prefix.name + "*")):
@@ -345,6 +337,10 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}")
     redact_sources = bool(opts.pop("redact_sources", False))
+    allow_burned_in = bool(opts.pop("keep_burned_in", False))
+    max_pixels = opts.pop("max_pixels", None)
+    if max_pixels is not None and int(max_pixels) <= 0:
+        raise ValueError("max_pixels must be positive")
     show_progress = bool(opts.pop("progress", True))
     image_size = int(image_size)
     if image_size < 16:
@@ -352,7 +348,9 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
     salt = opts.get("salt")
     fractions = parse_fractions(opts.get("split_fractions"))
     opts["split_fractions"] = fractions
-    cfg = ProcessConfig(image_size=image_size, resize_mode=resize_mode, salt=salt, split_fractions=fractions)
+    cfg = ProcessConfig(image_size=image_size, resize_mode=resize_mode, salt=salt, split_fractions=fractions,
+                        max_pixels=None if max_pixels is None else int(max_pixels),
+                        allow_burned_in=allow_burned_in, redact_sources=redact_sources)
     stream = sys.stderr
 
     def say(msg: str) -> None:
@@ -373,8 +371,63 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
     say(f"{len(records)} images to process ({n_ann} annotation inputs attached), "
         f"{len(pre_rejected)} inputs already rejected, {sum(adapter.skipped.values())} rows skipped")
 
-    out.mkdir(parents=True, exist_ok=True)
-    _clean_outputs(out)
+    from cxr_tfp import staging as S
+
+    # Owner-only (umask 077) for everything the build creates: the records hold medical images.
+    with S.OutputLock(out, "build"), S.owner_only_umask():
+        for note in S.recover(out):
+            say(note)
+        S.check_replaceable(out, BUILD_ENTRIES)
+        stage = S.make_staging(out)
+        try:
+            summary = _build_into(stage, out, dataset, root, cfg, adapter, records, pre_rejected, n_ann, max_rej,
+                                  redact_sources, salt, beam_args, workers, say, show_progress, t0)
+        except RejectedFractionError as exc:
+            failed = _keep_failed(stage, out, say)
+            msg = str(exc).replace("See dead_letters.jsonl", "")
+            raise RejectedFractionError(f"{msg.rstrip('. ')}. {out} was left as it was; see "
+                                        f"{failed / 'dead_letters.jsonl'}", exc.summary) from None
+        finally:
+            if stage.exists() and _incomplete(stage):
+                shutil.rmtree(stage, ignore_errors=True)  # killed runs are cleaned by the next recover()
+        S.swap_in(stage, out, publish_mode=0o700)  # the records hold medical images: owner-only
+        failed = out.parent / f"{out.name}{FAILED_SUFFIX}"
+        if failed.is_dir():
+            shutil.rmtree(failed, ignore_errors=True)
+    wp = summary["written_per_split"]
+    say(f"wrote {sum(wp.values())} examples (train {wp['train']}, eval {wp['eval']}, test {wp['test']}), "
+        f"rejected {summary['rejected']} of {summary['in']} inputs, in {summary['seconds']:.1f} s -> {out}")
+    return summary
+
+
+BUILD_ENTRIES = ("train", "eval", "test", "dead_letters.jsonl", "summary.json")
+FAILED_SUFFIX = ".failed"
+
+
+def _incomplete(stage: Path) -> bool:
+    """True unless ``stage`` holds a complete, successful build (then it is about to be swapped in)."""
+    try:
+        return json.loads((stage / "summary.json").read_text()).get("status") != "ok"
+    except (OSError, ValueError):
+        return True
+
+
+def _keep_failed(stage: Path, out: Path, say) -> Path:
+    """A build over --max-rejected-fraction: keep its summary and dead letters in OUT.failed/ (no images)."""
+    failed = out.parent / f"{out.name}{FAILED_SUFFIX}"
+    shutil.rmtree(failed, ignore_errors=True)
+    failed.mkdir(mode=0o700)
+    for name in ("summary.json", "dead_letters.jsonl"):
+        if (stage / name).exists():
+            os.replace(stage / name, failed / name)
+    shutil.rmtree(stage, ignore_errors=True)
+    say(f"build failed: {out} left as it was; summary and dead letters in {failed}")
+    return failed
+
+
+def _build_into(out: Path, final_out: Path, dataset, root, cfg, adapter, records, pre_rejected, n_ann, max_rej,
+                redact_sources, salt, beam_args, workers, say, show_progress, t0) -> Dict[str, Any]:
+    """Write a complete build into the staging folder ``out`` (swapped in at ``final_out`` by the caller)."""
     for sp in SPLITS:
         (out / sp).mkdir(parents=True, exist_ok=True)
 
@@ -390,7 +443,7 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
         summary["annotations"]["in"] += n_ann
         summary["rejected_fraction"] = len(pre_rejected) / n_in_upper
         msg = _check_fraction(dict(summary, rejected=len(pre_rejected)), max_rej)
-        summary.update(status="failed", error=msg + " (failed before processing images)")
+        summary.update(status="failed", error=msg + " (failed before processing images)", out=str(final_out))
         _write_dead_letters(out, [_rejected_line(r, dataset) for r in pre_rejected], redact_sources, salt)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         raise RejectedFractionError(summary["error"], summary)
@@ -403,12 +456,10 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
                         redact_sources, salt)
     assert summary["in"] == summary["written"] + summary["rejected"], "accounting bug: in != written + rejected"
     msg = _check_fraction(summary, max_rej)
+    summary["out"] = str(final_out)
     if msg:
         summary.update(status="failed", error=msg)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    wp = summary["written_per_split"]
-    say(f"wrote {sum(wp.values())} examples (train {wp['train']}, eval {wp['eval']}, test {wp['test']}), "
-        f"rejected {summary['rejected']} of {summary['in']} inputs, in {summary['seconds']:.1f} s -> {out}")
     if msg:
         raise RejectedFractionError(msg, summary)
     return summary
@@ -423,18 +474,23 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
     elif not logging.getLogger("apache_beam").level:
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    from cxr_tfp.staging import owner_only_umask
+    from cxr_tfp.workfiles import new_key, seal_identifiers, write_shard
+
     work = out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = new_key()  # this run only, never written to disk: leftover shards stay unreadable
+    sealed = seal_identifiers(records, cfg.salt, cfg.split_fractions)
     shards = []
-    for i in range(0, max(len(records), 1), RECORDS_PER_WORK_SHARD):
-        p = work / f"records-{i // RECORDS_PER_WORK_SHARD:05d}.pkl"
-        p.write_bytes(pickle.dumps(records[i:i + RECORDS_PER_WORK_SHARD], protocol=4))
+    for i in range(0, max(len(sealed), 1), RECORDS_PER_WORK_SHARD):
+        p = work / f"records-{i // RECORDS_PER_WORK_SHARD:05d}.bin"
+        write_shard(str(p), sealed[i:i + RECORDS_PER_WORK_SHARD], key)
         shards.append(str(p))
     if not any(a.startswith("--direct_running_mode") for a in beam_args):
         workers = max(1, min(int(workers), len(records) // IMAGES_PER_EXTRA_WORKER))
     options, runner, is_direct = _pipeline_options(beam_args, workers)
     progress_dir = out / ".progress"
-    progress_dir.mkdir(exist_ok=True)
+    progress_dir.mkdir(mode=0o700, exist_ok=True)
     mode = options.view_as(__import__("apache_beam.options.pipeline_options", fromlist=["DirectOptions"])
                            .DirectOptions).direct_running_mode if is_direct else ""
     say(f"running Beam ({runner}{f', {mode}, {workers} worker(s)' if is_direct else ''}) on {len(records)} images")
@@ -442,9 +498,10 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
     th = _progress_thread(progress_dir, len(records), stop, sys.stderr) if (show_progress and is_direct) else None
     ProcessDoFn, StatsCombine = _make_dofn(), _make_stats_combine()
     try:
-        with beam.Pipeline(options=options) as p:
+        # Owner-only files for everything Beam writes (temp shards, dead letters, stats): medical images.
+        with owner_only_umask(), beam.Pipeline(options=options) as p:
             recs = (p | "WorkShards" >> beam.Create(shards)
-                    | "LoadRecords" >> beam.FlatMap(_load_work_shard)
+                    | "LoadRecords" >> beam.FlatMap(_load_work_shard, key)
                     | "Distribute" >> beam.Reshuffle())
             res = recs | "Process" >> beam.ParDo(
                 ProcessDoFn(cfg, str(progress_dir) if is_direct else None)).with_outputs(
@@ -481,7 +538,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Turn a chest X-ray dataset (NIH, MIMIC-CXR-JPG, EGD-CXR, REFLACX, a DICOM folder, or the "
                     "embedded synthetic set) into sharded gzip TFRecords with Apache Beam. Unknown --flags are "
                     "passed to Beam (e.g. --runner=DataflowRunner --project=... --region=...).",
-        epilog="Exit codes: 0 ok, 1 too many rejected inputs, 2 bad arguments / wrong --root / missing label table.")
+        epilog="Exit codes: 0 ok, 1 too many rejected inputs / runtime failure (full disk, another build "
+               "holds --out), 2 bad arguments / wrong --root / bad label table / unwritable --out. "
+               "--debug (or CXR_TFP_DEBUG=1) prints tracebacks.")
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="the dataset folder, in its published layout")
     p.add_argument("--out", required=True, help="output folder")
@@ -495,7 +554,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--salt", default=None, help="salt for keys and splits (default: $CXR_TFP_SALT, else the "
                                                 "documented public default)")
     p.add_argument("--split-fractions", default=None, help="train,eval,test fractions (default 0.8,0.1,0.1)")
-    p.add_argument("--redact-sources", action="store_true", help="hash source paths in dead_letters.jsonl")
+    p.add_argument("--redact-sources", action="store_true",
+                   help="hash source paths in dead_letters.jsonl and echo no DICOM header value at all")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="reject images whose header announces more pixels, before decoding (default "
+                        "$CXR_TFP_MAX_PIXELS, else 36000000)")
+    p.add_argument("--keep-burned-in", action="store_true", default=None,
+                   help="keep DICOMs with BurnedInAnnotation YES (default: dead letters)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     g = p.add_argument_group("adapter options")
     g.add_argument("--views", default=None, help="keep only these views, e.g. PA,AP (nih, mimic)")
@@ -536,6 +601,7 @@ def _parser() -> argparse.ArgumentParser:
 _CORE = {"dataset", "root", "out", "image_size", "workers", "quiet"}
 
 
+@cli_main
 def main(argv: Optional[List[str]] = None) -> int:
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)

@@ -26,16 +26,19 @@ class ProcessConfig:
     resize_mode: str = "stretch"
     salt: Optional[str] = None
     split_fractions: Tuple[float, float, float] = DEFAULT_FRACTIONS
+    max_pixels: Optional[int] = None        # header-checked pixel limit (None: cxr_tfp.io.limits default)
+    allow_burned_in: bool = False           # keep DICOMs with BurnedInAnnotation YES
+    redact_sources: bool = False            # dead-letter reasons carry no header value at all
 
 
 def dead_letter(source: str, stage: str, reason: str, kind: str, dataset: str) -> Dict[str, str]:
     return {"source": source, "stage": stage, "reason": reason, "kind": kind, "dataset": dataset}
 
 
-def _reason(exc: BaseException, secrets: Sequence[Optional[str]]) -> Tuple[str, str]:
-    """(stage, reason) for an exception, with identifiers scrubbed."""
+def _reason(exc: BaseException, secrets: Sequence[Optional[str]], strict: bool = False) -> Tuple[str, str]:
+    """(stage, reason) for an exception, with identifiers scrubbed (``strict``: no header value)."""
     if isinstance(exc, InputError):
-        return exc.stage, redact(str(exc), secrets)
+        return exc.stage, redact(exc.redacted if strict else str(exc), secrets)
     if isinstance(exc, AnnotationError):
         return "annotations", redact(str(exc), secrets)
     if isinstance(exc, MemoryError):
@@ -61,9 +64,10 @@ def process_record(rec: SourceRecord, cfg: ProcessConfig
     """-> ((split, serialized example, stats) or None, dead letters)."""
     secrets = [rec.patient_id, rec.image_id, rec.image_path]
     try:
-        decoded = decode_image(read_bytes(rec.image_path))
+        decoded = decode_image(read_bytes(rec.image_path), max_pixels=cfg.max_pixels,
+                               allow_burned_in=cfg.allow_burned_in)
     except Exception as exc:  # noqa: BLE001  (every failure is a dead letter)
-        stage, reason = _reason(exc, secrets)
+        stage, reason = _reason(exc, secrets, cfg.redact_sources)
         return None, _reject_all(rec, stage, reason)
     secrets += [decoded.patient_id, decoded.study_id, decoded.image_id]
     dead: List[Dict[str, str]] = []
@@ -88,15 +92,16 @@ def process_record(rec: SourceRecord, cfg: ProcessConfig
             except AnnotationError as exc:
                 dead.append(dead_letter(rec.gaze.source or rec.source, "annotations",
                                         redact(str(exc), secrets), "annotation", rec.dataset))
+        # Keys sealed on the launcher (cxr_tfp.workfiles) win: the raw ids never reached this worker.
         split = rec.split or assign_split(patient, rec.namespace, cfg.salt, cfg.split_fractions)
         er = F.ExampleRecord(
             image=stored, labels=rec.labels, label_mask=rec.label_mask,
-            patient_key=patient_key(patient, rec.namespace, cfg.salt),
-            example_key=example_key(image_id, rec.namespace, cfg.salt),
+            patient_key=rec.patient_key or patient_key(patient, rec.namespace, cfg.salt),
+            example_key=rec.example_key or example_key(image_id, rec.namespace, cfg.salt),
             dataset=rec.dataset, view=view, gaze=gaze, box_mask=mask)
         data = serialize(er)
     except Exception as exc:  # noqa: BLE001
-        stage, reason = _reason(exc, secrets)
+        stage, reason = _reason(exc, secrets, cfg.redact_sources)
         return None, _reject_all(rec, stage, reason)
     lab = np.asarray(rec.labels, np.float32) * np.asarray(rec.label_mask, np.float32)
     stats = {

@@ -8,8 +8,9 @@ from tests.io.dicom_factory import make_dicom, ramp
 
 
 def test_real_dicom_folder(shared_data):
+    # The two samples share one SOPInstanceUID (Fake_MONOHR1 is an edited copy): written once.
     records, rejected = DicomFolderAdapter(shared_data / "dicom").collect()
-    assert len(records) == 2 and rejected == []
+    assert len(records) == 1 and [(r.source, r.stage) for r in rejected] == [("Fake_MONOHR1.dcm", "dedupe")]
     assert all(r.patient_id is None and r.view is None and not r.label_mask.any() for r in records)
 
 

@@ -85,6 +85,7 @@ def test_synthetic_monochrome1_inverted():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(samples_per_pixel=3, photometric="RGB"), "colour DICOM"),
     (dict(modality="CT"), "Modality CT"),
+    (dict(modality="SECRET"), "Modality \\(value not shown\\)"),
     (dict(body_part="HAND"), "not the chest"),
 ])
 def test_non_cxr_dicoms_are_rejected_without_patient_data(kwargs, match):

@@ -153,8 +153,12 @@ def test_rejected_fraction_over_threshold_fails_with_the_cause(injected, tmp_pat
     root, _, _, _ = injected
     with pytest.raises(RejectedFractionError, match="max-rejected-fraction"):
         build("synthetic", root, tmp_path / "o", image_size=32, workers=1, max_rejected_fraction=0.01, progress=False)
-    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    # A failed build leaves --out alone; its summary and dead letters (no images) go to OUT.failed/.
+    assert not (tmp_path / "o").exists()
+    s = json.loads((tmp_path / "o.failed" / "summary.json").read_text())
     assert s["status"] == "failed" and "rejected" in s["error"]
+    assert (tmp_path / "o.failed" / "dead_letters.jsonl").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "o.failed").iterdir()) == ["dead_letters.jsonl", "summary.json"]
     rc = main(["--dataset", "synthetic", "--root", str(root), "--out", str(tmp_path / "o2"), "--image-size", "32",
                "--workers", "1", "--max-rejected-fraction", "0.01", "--quiet"])
     assert rc == 1
@@ -164,7 +168,8 @@ def test_rejected_fraction_over_threshold_fails_with_the_cause(injected, tmp_pat
               progress=False)
     s3 = e.value.summary
     assert s3["status"] == "failed" and s3["in"] == s3["written"] + s3["rejected"]
-    assert 0.05 < s3["rejected_fraction"] and "error" in json.loads((tmp_path / "o3" / "summary.json").read_text())
+    assert 0.05 < s3["rejected_fraction"] and "error" in json.loads((tmp_path / "o3.failed" / "summary.json").read_text())
+    assert "o3.failed/dead_letters.jsonl" in str(e.value)
 
 
 def test_wrong_root_and_missing_label_table_fail_at_once(tmp_path, capsys):
@@ -189,12 +194,29 @@ def test_real_nih_sample(shared_data, tmp_path):
 
 
 def test_real_dicoms_monochrome1_inverted(shared_data, tmp_path):
-    s = build("dicom", shared_data / "dicom", tmp_path / "d", image_size=32, workers=1, progress=False,
+    import pydicom
+
+    # The MONOCHROME1 sample is an edited copy sharing the original's SOPInstanceUID; give it its own.
+    root = tmp_path / "dicoms"
+    root.mkdir()
+    for f in (shared_data / "dicom").iterdir():
+        ds = pydicom.dcmread(f)
+        if f.name.startswith("Fake"):
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(root / f.name)
+    s = build("dicom", root, tmp_path / "d", image_size=32, workers=1, progress=False,
               split_fractions="1,0,0")
     assert s["examples"]["written"] == 2
     imgs = [np.array(Image.open(io.BytesIO(feat(ex, F.IMAGE)[0]))).astype(int) for ex in read_records(tmp_path / "d")["train"]]
     assert np.abs(imgs[0] + imgs[1] - 255).max() <= 2
     assert all(feat(ex, F.VIEW) == [b"PA"] for ex in read_records(tmp_path / "d")["train"])
+
+
+def test_real_dicoms_sharing_a_sop_instance_uid_are_written_once(shared_data, tmp_path):
+    s = build("dicom", shared_data / "dicom", tmp_path / "d", image_size=32, workers=1, progress=False,
+              split_fractions="1,0,0", max_rejected_fraction=0.5)
+    assert s["examples"] == {"in": 2, "written": 1, "rejected": 1}
+    assert s["rejected_by_stage"] == {"dedupe": 1}
 
 
 def test_dicom_folder_rejects_rgb_and_ct(tmp_path):

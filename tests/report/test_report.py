@@ -7,6 +7,7 @@ import pytest
 from cxr_tfp import evaluate as E
 from cxr_tfp.report import figures as FIG
 from cxr_tfp.report import markdown as MD
+from cxr_tfp.report.saliency import SaliencyExample
 
 FINDS = ("Effusion", "Mass", "Nodule")
 
@@ -28,9 +29,9 @@ def _pred(seed=0, strength=0.5, with_examples=True) -> E.Predictions:
         sal[4, 5] = 1
         boxes = np.zeros((16, 16))
         boxes[2:8, 3:9] = 1
-        examples = [E.SaliencyExample(image=img, saliency=sal, gaze=sal, boxes=boxes, finding="Effusion",
+        examples = [SaliencyExample(image=img, saliency=sal, gaze=sal, boxes=boxes, finding="Effusion",
                                       probability=0.8, label=1.0, annotated=True),
-                    E.SaliencyExample(image=img, saliency=sal, gaze=None, boxes=None, finding="Mass",
+                    SaliencyExample(image=img, saliency=sal, gaze=None, boxes=None, finding="Mass",
                                       probability=0.3, label=None, annotated=False)]
     agreement = [{"type": "boxes", "finding": "Effusion", "hit": True, "precision": 0.5, "iou": 0.25, "chance": 0.1},
                  {"type": "boxes", "finding": "Effusion", "hit": False, "precision": 0.0, "iou": 0.0, "chance": 0.1}]

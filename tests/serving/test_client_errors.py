@@ -18,7 +18,7 @@ def test_server_down_is_clear_after_retries(images, capsys):
     assert ei.value.code == "UNAVAILABLE"
     assert f"cannot reach TF Serving at 127.0.0.1:{port}" in str(ei.value)
     assert "after 3 attempt(s)" in str(ei.value)
-    assert client.main(["--server", f"127.0.0.1:{port}", "--retries", "0", images["white"]]) == 3
+    assert client.main(["--server", f"127.0.0.1:{port}", "--retries", "0", images["white"]]) == 1
     assert "is the server running" in capsys.readouterr().err
 
 
@@ -52,3 +52,24 @@ def test_deadline_exceeded_is_clear(grpc_server, images):
             c.predict_encoded([open(images["mid"], "rb").read()] * 8)
     assert ei.value.code == "DEADLINE_EXCEEDED"
     assert "raise --timeout" in str(ei.value)
+
+
+def test_cli_reports_each_bad_file_and_classifies_the_rest(grpc_server, images, tmp_path, capsys):
+    """One unreadable file no longer aborts the batch: each bad file gets its line, exit 2 at the end."""
+    import json
+
+    from tests.faults import hostile
+
+    _, address = grpc_server
+    (tmp_path / "garbage.png").write_bytes(hostile.garbage())
+    (tmp_path / "bomb.png").write_bytes(hostile.png_header_only(20000, 20000))
+    files = [str(tmp_path / "garbage.png"), images["white"], str(tmp_path / "bomb.png"),
+             str(tmp_path / "missing.png"), images["black"]]
+    rc = client.main(["--server", address, "--json"] + files)
+    cap = capsys.readouterr()
+    assert rc == 2
+    assert [r["file"] for r in json.loads(cap.out)] == [images["white"], images["black"]]
+    err = [ln for ln in cap.err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 4 and "garbage.png" in err[0] and "bomb.png: image is 20000x20000" in err[1]
+    assert "missing.png" in err[2] and "3 of 5 file(s) could not be sent" in err[3]
+    assert "Traceback" not in cap.err
