@@ -52,7 +52,10 @@ def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=MD.EXAMPLES_INPUT)])
         def serve_examples(self, examples):
-            parsed = tf.io.parse_example(examples, {F.IMAGE: F.feature_spec()[F.IMAGE]})
+            from cxr_tfp.preprocess import check_serialized_examples
+
+            with tf.control_dependencies([check_serialized_examples(examples)]):
+                parsed = tf.io.parse_example(examples, {F.IMAGE: F.feature_spec()[F.IMAGE]})
             mean, std = self._predict_encoded(parsed[F.IMAGE])
             return {MD.PROBABILITIES: mean, MD.UNCERTAINTY: std,
                     MD.PROBABILITIES_FULL: tf.matmul(mean, scatter)}
@@ -118,8 +121,35 @@ def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None
     """Export ``model`` (a CxrModel) as a SavedModel in ``export_dir``; returns ``export_dir``.
 
     ``thresholds`` (finding -> operating threshold) default to ``model.thresholds`` (0.5 each when
-    the model was never evaluated).
+    the model was never evaluated). On a local file system the SavedModel is written beside
+    ``export_dir`` and swapped in complete (:mod:`cxr_tfp.staging`): a killed or failed export never
+    leaves a half-written model where TF Serving looks, and the previous one stays until then.
     """
+    if "://" in str(export_dir):  # object stores (gs://): no atomic rename, write in place
+        return _export(model, str(export_dir), num_samples, thresholds, model_name)
+    from cxr_tfp import staging as S
+
+    final = os.path.abspath(os.fspath(export_dir))
+    S.check_replaceable(final, SAVED_MODEL_ENTRIES)
+    stage = S.make_staging(final)
+    try:
+        _export(model, str(stage), num_samples, thresholds, model_name)
+        S.swap_in(stage, final)
+    finally:
+        if stage.exists():
+            import shutil
+
+            shutil.rmtree(stage, ignore_errors=True)
+    return export_dir
+
+
+# What a SavedModel folder may hold; anything else in an existing export_dir is refused, not deleted.
+SAVED_MODEL_ENTRIES = ("saved_model.pb", "saved_model.pbtxt", "variables", "assets", "assets.extra",
+                       "fingerprint.pb", "keras_metadata.pb")
+
+
+def _export(model, export_dir: str, num_samples: Optional[int], thresholds: Optional[Dict[str, float]],
+            model_name: str) -> str:
     import tensorflow as tf
 
     s = int(num_samples or model.num_samples)

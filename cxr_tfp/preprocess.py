@@ -2,22 +2,125 @@
 
 Model input: float32 ``[H, W, 1]`` in ``[0, 1]``, resized with bilinear filtering. The same TF ops
 run inside the exported SavedModel, so a served image is preprocessed exactly as in training.
+
+Hostile input (the serving signature takes bytes from the network), checked before decoding:
+
+- only PNG and JPEG are accepted (by magic bytes): anything else is ``INVALID_ARGUMENT`` with a
+  clear message, never a raw-bytes error;
+- the pixel limit (:data:`cxr_tfp.io.limits.DEFAULT_MAX_PIXELS` unless given) is checked on the
+  width x height read from the header (PNG ``IHDR``; JPEG start-of-frame via
+  ``tf.io.extract_jpeg_shape``, which parses the header only), so a decompression bomb costs nothing;
+- colour rule, the same as the ingestion (:func:`cxr_tfp.io.images._to_uint8_grey`): a grey image
+  stored as RGB(A) is converted to its grey value; a *colour* picture (mean ``|R-G| + |G-B|`` above
+  :data:`cxr_tfp.io.images.COLOUR_TOLERANCE` on the 0-255 scale) is rejected; an alpha channel is
+  dropped.
 """
 from __future__ import annotations
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
 
-def decode_image_tensor(encoded, size: int):
+
+def _max_pixels(max_pixels):
+    from cxr_tfp.io.limits import max_pixels_default
+
+    return int(max_pixels_default() if max_pixels is None else max_pixels)
+
+
+def encoded_image_size(encoded):
+    """``(height, width)`` int64 of PNG/JPEG bytes from the header alone; INVALID_ARGUMENT otherwise."""
+    import tensorflow as tf
+
+    head = tf.strings.substr(encoded, 0, 24)
+    padded = head + tf.constant(b"\x00" * 24)  # short inputs: fixed offsets stay in range
+    is_png = tf.strings.substr(padded, 0, 8) == PNG_MAGIC
+    is_jpeg = tf.strings.substr(padded, 0, 3) == JPEG_MAGIC
+
+    def png_hw():
+        b = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 16, 8), tf.uint8), tf.int64)
+        be = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64)
+        return tf.stack([tf.reduce_sum(b[4:8] * be), tf.reduce_sum(b[0:4] * be)])
+
+    def jpeg_hw():
+        return tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64)
+
+    with tf.control_dependencies([tf.debugging.assert_equal(
+            is_png | is_jpeg, True, message="image: not a PNG or JPEG file (by its first bytes)")]):
+        return tf.cond(is_png, png_hw, jpeg_hw)
+
+
+def decode_image_tensor(encoded, size: int, max_pixels=None):
     """Decode PNG/JPEG bytes (scalar string tensor) to float32 ``[size, size, 1]`` in [0, 1] (TF ops).
 
     The in-graph model input; :func:`cxr_tfp.io.decode_image` is the TensorFlow-free file decoder.
+
+    Raises ``InvalidArgumentError`` (TF Serving: INVALID_ARGUMENT) for a non-PNG/JPEG input, an
+    image whose header announces more than ``max_pixels`` pixels, or a colour picture.
     """
     import tensorflow as tf
 
-    img = tf.io.decode_image(encoded, channels=1, expand_animations=False, dtype=tf.uint8)
-    img.set_shape([None, None, 1])
+    from cxr_tfp.io.images import COLOUR_TOLERANCE
+
+    limit = _max_pixels(max_pixels)
+    hw = encoded_image_size(encoded)
+    pixels = hw[0] * hw[1]
+    size_ok = tf.debugging.assert_less_equal(
+        pixels, tf.constant(limit, tf.int64),
+        message=f"image: more pixels than the limit of {limit} (width x height from the header); "
+                f"rejected before decoding")
+    with tf.control_dependencies([size_ok]):
+        img = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
+    img.set_shape([None, None, None])
+    img = _grey(img, COLOUR_TOLERANCE)
     img = tf.image.resize(tf.cast(img, tf.float32) / 255.0, [size, size], method="bilinear",
                           antialias=True)
     return tf.clip_by_value(img, 0.0, 1.0)
+
+
+def _grey(img, tolerance: float):
+    """uint8 [H, W, C] -> [H, W, 1] by the colour rule (module docstring)."""
+    import tensorflow as tf
+
+    channels = tf.shape(img)[-1]
+
+    def from_rgb():
+        rgb = tf.cast(img[..., :3], tf.float32)
+        spread = tf.reduce_mean(tf.abs(rgb[..., 0] - rgb[..., 1]) + tf.abs(rgb[..., 1] - rgb[..., 2]))
+        ok = tf.debugging.assert_less_equal(
+            spread, tf.constant(tolerance, tf.float32),
+            message="image: colour picture (a chest X-ray must be grey)")
+        with tf.control_dependencies([ok]):
+            return tf.cast(tf.round(tf.image.rgb_to_grayscale(rgb)), tf.uint8)
+
+    return tf.cond(channels >= 3, from_rgb, lambda: img[..., :1])
+
+
+def check_serialized_examples(examples):
+    """Assert that each string is framed like a serialized ``tf.Example`` before it is parsed.
+
+    ``tf.io.parse_example`` quotes the raw input in its error message, so garbage bytes came back as
+    an undecodable (UNKNOWN) error and echoed the request. A serialized Example is empty or starts
+    with field 1 (``0x0A``) followed by a varint length that spans exactly the rest of the bytes;
+    random bytes fail this with near certainty, and the error names no byte of the input.
+    """
+    import tensorflow as tf
+
+    def one(s):
+        n = tf.strings.length(s, unit="BYTE")
+        head = tf.cast(tf.io.decode_raw(tf.strings.substr(s + tf.constant(b"\x00" * 6), 0, 6), tf.uint8),
+                       tf.int64)
+        cont = head[1:6] >= 128
+        # varint: 7 bits per byte while the high bit is set (at most 5 bytes for a 32-bit length)
+        nbytes = tf.minimum(tf.argmin(tf.cast(cont, tf.int64), output_type=tf.int64) + 1, 5)
+        weights = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.range(0, 35, 7, dtype=tf.int64))
+        used = tf.cast(tf.range(5, dtype=tf.int64) < nbytes, tf.int64)
+        length = tf.reduce_sum(tf.bitwise.bitwise_and(head[1:6], 127) * weights * used)
+        return tf.logical_or(tf.equal(n, 0),
+                             tf.logical_and(tf.equal(head[0], 10), tf.equal(1 + nbytes + length, tf.cast(n, tf.int64))))
+
+    ok = tf.map_fn(one, examples, fn_output_signature=tf.bool)
+    return tf.debugging.assert_equal(tf.reduce_all(ok), True,
+                                     message="examples: input is not a serialized tf.Example")
 
 
 def decode_map(encoded, size: int):

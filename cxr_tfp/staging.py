@@ -218,6 +218,7 @@ def make_staging(out: PathLike) -> Path:
     stage = staging_path(out)
     if stage.exists():
         shutil.rmtree(stage)
+    stage.parent.mkdir(parents=True, exist_ok=True)
     stage.mkdir(mode=OWNER_DIR)
     os.chmod(stage, OWNER_DIR)  # mkdir's mode is filtered by the umask
     return stage

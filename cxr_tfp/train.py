@@ -35,14 +35,27 @@ HISTORY_FILE = "history.jsonl"
 
 
 # ---------------------------------------------------------------------------------------- checks
-def validate_records(files: Sequence[str], compression: str = "GZIP") -> None:
-    """Raise ValueError naming the file and the field when a record does not match the feature spec."""
+def validate_records(files: Sequence[str], compression: str = "GZIP") -> Dict[str, int]:
+    """Check every shard before training; return ``{path: number of records}``.
+
+    Every record of every file is framed and CRC-checked by TensorFlow's reader (no parsing, no image
+    decoding: seconds for a full dataset), so a truncated or corrupt shard fails here, naming the
+    file and the record, instead of hours into training. The first record of each file is also
+    parsed against the feature spec (ValueError naming the file and the field).
+    """
     import tensorflow as tf
 
     spec = F.feature_spec()
+    counts: Dict[str, int] = {}
     for path in files:
+        ds = tf.data.TFRecordDataset([path], compression_type=compression, buffer_size=1 << 20)
         try:
-            ds = tf.data.TFRecordDataset([path], compression_type=compression)
+            counts[path] = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+        except (tf.errors.DataLossError, tf.errors.OpError) as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{path}: truncated or corrupt {compression} TFRecord file ({first}); "
+                             f"rebuild the records") from None
+        try:
             first = next(iter(ds.take(1)), None)
         except (tf.errors.DataLossError, tf.errors.OpError) as exc:
             raise ValueError(f"{path}: cannot be read as a {compression} TFRecord file "
@@ -60,6 +73,24 @@ def validate_records(files: Sequence[str], compression: str = "GZIP") -> None:
                     raise ValueError(f"{path}: record does not match the feature spec: field "
                                      f"{key!r} ({fspec}): {msg}") from None
             raise ValueError(f"{path}: record does not match the feature spec") from None
+    return counts
+
+
+def check_useful(findings: Sequence[str], train_scan: Dict[str, Any], n_eval: int, train_where: str,
+                 eval_where: str) -> List[str]:
+    """Refuse input that can only give a useless model; return warnings for weak but usable input."""
+    if train_scan["num_examples"] == 0:
+        raise ValueError(f"training files {train_where} hold no examples")
+    if float(np.sum(train_scan["known"])) == 0:
+        raise ValueError(f"training files {train_where}: none of the {train_scan['num_examples']} examples has "
+                         f"a known label for {', '.join(findings)} (every label_mask is 0); build the records "
+                         f"with a label table")
+    if n_eval == 0:
+        raise ValueError(f"eval split {eval_where} is empty: AUROC and the operating thresholds need eval "
+                         f"examples (change --split-fractions or add patients)")
+    missing = [f for f, p in zip(findings, train_scan["positives"]) if p == 0]
+    return ([f"no positive training example for {', '.join(missing)}: the model cannot learn "
+             f"{'it' if len(missing) == 1 else 'them'}"] if missing else [])
 
 
 def scan_split(files: Sequence[str], findings: Sequence[str]) -> Dict[str, Any]:
@@ -390,7 +421,18 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
     Returns the metrics dict also written to ``out_dir/metrics.json``: ``stage1`` / ``stage2`` entries
     with per-finding ``auroc``, ``macro_auroc`` and ``num_eval``, plus ``thresholds`` and ``findings``.
     On a non-chief worker of a multi-worker cluster nothing is written (the chief writes).
+    A second training into the same ``out_dir`` is refused while this one runs (:mod:`cxr_tfp.staging`).
     """
+    if not is_chief():
+        return _train_model(config, train_files, eval_files, out_dir, export_dir, callbacks=callbacks)
+    from cxr_tfp.staging import OutputLock
+
+    with OutputLock(out_dir, "training"):
+        return _train_model(config, train_files, eval_files, out_dir, export_dir, callbacks=callbacks)
+
+
+def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: FilePattern, out_dir: str,
+                 export_dir: Optional[str] = None, *, callbacks: Sequence[Any] = ()) -> Dict[str, Any]:
     import keras
     import tensorflow as tf
 
@@ -409,10 +451,11 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
     train = list_files(train_files)
     evals = list_files(eval_files)
     # --- everything that can be wrong is checked before any training starts
-    validate_records(train + evals)
+    counts = validate_records(train + evals)
     scan = scan_split(train, findings)
-    if scan["num_examples"] == 0:
-        raise ValueError(f"training files {train_files} hold no examples")
+    for warning in check_useful(findings, scan, sum(counts[f] for f in evals), str(train_files),
+                                str(eval_files)):
+        print(f"[train] warning: {warning}", file=sys.stderr)
     check_stage2_subset(cfg, scan, str(train_files))
     if cfg.weights and not os.path.exists(cfg.weights):
         raise FileNotFoundError(f"config: weights file not found: {cfg.weights}")
@@ -504,7 +547,12 @@ def train_model(config: TrainConfig, train_files: FilePattern, eval_files: FileP
     metrics["final_stage"] = final
     metrics["thresholds"] = model.thresholds
     if chief:
-        model.save(os.path.join(out_dir, "model.keras"))
+        # Written aside, then renamed: a kill never leaves a half-written model.keras or SavedModel.
+        from cxr_tfp.staging import replace_file
+
+        tmp_keras = os.path.join(out_dir, ".model.partial.keras")
+        model.save(tmp_keras)
+        replace_file(tmp_keras, os.path.join(out_dir, "model.keras"))
         export_saved_model(model, export_dir, cfg.num_samples)
     metrics["export_dir"] = export_dir
     save_json(os.path.join(out_dir, METRICS_FILE), metrics)
