@@ -130,7 +130,7 @@ def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None
     from cxr_tfp import staging as S
 
     final = os.path.abspath(os.fspath(export_dir))
-    S.check_replaceable(final, SAVED_MODEL_ENTRIES)
+    S.check_replaceable(final, MD.SAVED_MODEL_ENTRIES)
     stage = S.make_staging(final)
     try:
         _export(model, str(stage), num_samples, thresholds, model_name)
@@ -141,11 +141,6 @@ def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None
 
             shutil.rmtree(stage, ignore_errors=True)
     return export_dir
-
-
-# What a SavedModel folder may hold; anything else in an existing export_dir is refused, not deleted.
-SAVED_MODEL_ENTRIES = ("saved_model.pb", "saved_model.pbtxt", "variables", "assets", "assets.extra",
-                       "fingerprint.pb", "keras_metadata.pb")
 
 
 def _export(model, export_dir: str, num_samples: Optional[int], thresholds: Optional[Dict[str, float]],

@@ -48,6 +48,9 @@ ASSETS_DIR = "assets"
 LABELS_ASSET = "labels.txt"            # one finding per line, in model output order
 THRESHOLDS_ASSET = "thresholds.json"   # {finding: operating threshold}
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# What a SavedModel folder may hold; anything else in an existing export_dir is refused, not deleted.
+SAVED_MODEL_ENTRIES = (SAVED_MODEL_FILE, "saved_model.pbtxt", "variables", ASSETS_DIR, "assets.extra",
+                       "fingerprint.pb", "keras_metadata.pb")
 
 # gRPC's 4 MiB default is too small for a batch of full-size radiographs; TF Serving accepts far more.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
