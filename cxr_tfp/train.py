@@ -88,9 +88,16 @@ def check_useful(findings: Sequence[str], train_scan: Dict[str, Any], n_eval: in
     if n_eval == 0:
         raise ValueError(f"eval split {eval_where} is empty: AUROC and the operating thresholds need eval "
                          f"examples (change --split-fractions or add patients)")
-    missing = [f for f, p in zip(findings, train_scan["positives"]) if p == 0]
-    return ([f"no positive training example for {', '.join(missing)}: the model cannot learn "
-             f"{'it' if len(missing) == 1 else 'them'}"] if missing else [])
+    unlabelled = [f for f, k in zip(findings, train_scan["known"]) if k == 0]
+    missing = [f for f, p, k in zip(findings, train_scan["positives"], train_scan["known"]) if p == 0 and k > 0]
+    out = []
+    if unlabelled:
+        out.append(f"no training example has a known label for {', '.join(unlabelled)}: "
+                   f"{'it is' if len(unlabelled) == 1 else 'they are'} not learnt")
+    if missing:
+        out.append(f"no positive training example for {', '.join(missing)}: the model cannot learn "
+                   f"{'it' if len(missing) == 1 else 'them'}")
+    return out
 
 
 def scan_split(files: Sequence[str], findings: Sequence[str]) -> Dict[str, Any]:

@@ -267,6 +267,34 @@ class CxrModel(keras.Model):
             loss = loss + self.prior_bce * self.masked_bce(self.head.classifier(z_p), labels, mask)
         return loss, bce, kl_mean
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras hook run by ``fit`` before training under a distribute strategy.
+
+        Keras 3 builds from the first distributed batch reduced with ``strategy.reduce``, which
+        ``MultiWorkerMirroredStrategy`` refuses for nested (dict) batches (keras-team/keras#20329).
+        Only the shapes matter there: hand Keras this worker's first replica batch instead.
+        """
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and strategy is not None:
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = tf.nest.map_structure(
+                    lambda v: (strategy.experimental_local_results(v)[0]
+                               if isinstance(v, tf.distribute.DistributedValues) else v), batch)
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _logs(self) -> Dict[str, Any]:
+        """The step's logs. Across workers Keras 3 averages them with ``reduce(MEAN, axis=0)``,
+        which needs an axis: give each value a leading axis of 1 there (the mean is a scalar again)."""
+        out = {m.name: m.result() for m in self.metrics}
+        strategy = tf.distribute.get_strategy()
+        multi_worker = getattr(getattr(strategy, "extended", None), "_in_multi_worker_mode", None)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and multi_worker and multi_worker():
+            out = {k: tf.reshape(v, [1]) for k, v in out.items()}
+        return out
+
     def train_step(self, data):
         x, y = data[0], data[1]
         with tf.GradientTape() as tape:
@@ -279,7 +307,7 @@ class CxrModel(keras.Model):
         self.loss_tracker.update_state(loss)
         self.bce_tracker.update_state(bce)
         self.kl_tracker.update_state(kl)
-        return {m.name: m.result() for m in self.metrics}
+        return self._logs()
 
     def test_step(self, data):
         x, y = data[0], data[1]
@@ -287,7 +315,7 @@ class CxrModel(keras.Model):
         self.loss_tracker.update_state(loss)
         self.bce_tracker.update_state(bce)
         self.kl_tracker.update_state(kl)
-        return {m.name: m.result() for m in self.metrics}
+        return self._logs()
 
     # ------------------------------------------------------------------ serialisation
     def get_config(self) -> Dict[str, Any]:

@@ -51,7 +51,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from cxr_tfp.records.process import ProcessConfig, dead_letter, process_record
 from cxr_tfp.datasets import DATASETS, get_adapter
@@ -465,6 +465,57 @@ def _build_into(out: Path, final_out: Path, dataset, root, cfg, adapter, records
     return summary
 
 
+EMPTY_STATS = {"written": {}, "pos": {}, "known": {}, "gaze": {}, "boxes": {}, "any": {}, "ann_ok": 0}
+
+
+def write_work_shards(records: Sequence[SourceRecord], cfg: ProcessConfig, work: Path) -> Tuple[List[str], bytes]:
+    """Seal and encrypt the records into owner-only work shards under ``work``; return (paths, key).
+
+    ``work`` must be visible to every Beam worker (local disk for the DirectRunner, the pipeline's
+    shared storage mounted on every worker for Dataflow / Flink / Spark). See :mod:`cxr_tfp.workfiles`.
+    """
+    from cxr_tfp.workfiles import new_key, seal_identifiers, write_shard
+
+    Path(work).mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = new_key()  # this run only, never written to disk: leftover shards stay unreadable
+    sealed = seal_identifiers(records, cfg.salt, cfg.split_fractions)
+    shards = []
+    for i in range(0, max(len(sealed), 1), RECORDS_PER_WORK_SHARD):
+        p = f"{str(work).rstrip('/')}/records-{i // RECORDS_PER_WORK_SHARD:05d}.bin"
+        write_shard(p, sealed[i:i + RECORDS_PER_WORK_SHARD], key)
+        shards.append(p)
+    return shards, key
+
+
+def examples_transform(shards: Sequence[str], key: bytes, cfg: ProcessConfig,
+                       progress_dir: Optional[str] = None):
+    """The build's Beam graph as one ``PTransform`` applied to a pipeline root (``p | transform``).
+
+    Work shards -> records -> (reshuffled) per-image processing -> a dict of PCollections:
+    ``train`` / ``eval`` / ``test`` (serialized tf.Examples, bytes), ``dead`` (dead-letter JSON
+    lines) and ``stats`` (one combined accounting dict, see :func:`_summarise`). The standalone
+    build (:func:`build`) and the TFX ExampleGen (``pipeline/example_gen.py``) both apply it, so
+    the two produce the same records.
+    """
+    import apache_beam as beam
+
+    ProcessDoFn, StatsCombine = _make_dofn(), _make_stats_combine()
+
+    @beam.ptransform_fn
+    def ChestXrayExamples(root):  # noqa: N802  (Beam transform naming)
+        recs = (root | "WorkShards" >> beam.Create(list(shards))
+                | "LoadRecords" >> beam.FlatMap(_load_work_shard, key)
+                | "Distribute" >> beam.Reshuffle())
+        res = recs | "Process" >> beam.ParDo(ProcessDoFn(cfg, progress_dir)).with_outputs(
+            "dead", "stats", *SPLITS)
+        out = {sp: res[sp] for sp in SPLITS}
+        out["dead"] = res.dead
+        out["stats"] = res.stats | "Stats" >> beam.CombineGlobally(StatsCombine())
+        return out
+
+    return ChestXrayExamples()  # pylint: disable=no-value-for-parameter
+
+
 def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_args: List[str], workers: int,
               say, show_progress: bool):
     import apache_beam as beam
@@ -475,17 +526,8 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
     elif not logging.getLogger("apache_beam").level:
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
     from cxr_tfp.staging import owner_only_umask
-    from cxr_tfp.workfiles import new_key, seal_identifiers, write_shard
 
-    work = out / ".work"
-    work.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = new_key()  # this run only, never written to disk: leftover shards stay unreadable
-    sealed = seal_identifiers(records, cfg.salt, cfg.split_fractions)
-    shards = []
-    for i in range(0, max(len(sealed), 1), RECORDS_PER_WORK_SHARD):
-        p = work / f"records-{i // RECORDS_PER_WORK_SHARD:05d}.bin"
-        write_shard(str(p), sealed[i:i + RECORDS_PER_WORK_SHARD], key)
-        shards.append(str(p))
+    shards, key = write_work_shards(records, cfg, out / ".work")
     if not any(a.startswith("--direct_running_mode") for a in beam_args):
         workers = max(1, min(int(workers), len(records) // IMAGES_PER_EXTRA_WORKER))
     options, runner, is_direct = _pipeline_options(beam_args, workers)
@@ -496,24 +538,18 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
     say(f"running Beam ({runner}{f', {mode}, {workers} worker(s)' if is_direct else ''}) on {len(records)} images")
     stop = threading.Event()
     th = _progress_thread(progress_dir, len(records), stop, sys.stderr) if (show_progress and is_direct) else None
-    ProcessDoFn, StatsCombine = _make_dofn(), _make_stats_combine()
     try:
         # Owner-only files for everything Beam writes (temp shards, dead letters, stats): medical images.
         with owner_only_umask(), beam.Pipeline(options=options) as p:
-            recs = (p | "WorkShards" >> beam.Create(shards)
-                    | "LoadRecords" >> beam.FlatMap(_load_work_shard, key)
-                    | "Distribute" >> beam.Reshuffle())
-            res = recs | "Process" >> beam.ParDo(
-                ProcessDoFn(cfg, str(progress_dir) if is_direct else None)).with_outputs(
-                "dead", "stats", *SPLITS)
+            res = p | "Examples" >> examples_transform(shards, key, cfg,
+                                                       str(progress_dir) if is_direct else None)
             for sp in SPLITS:
                 _ = res[sp] | f"Write_{sp}" >> beam.io.WriteToTFRecord(
                     str(out / sp / "data"), file_name_suffix=SHARD_SUFFIX,
                     compression_type=CompressionTypes.GZIP)
-            _ = res.dead | "WriteDead" >> beam.io.WriteToText(
+            _ = res["dead"] | "WriteDead" >> beam.io.WriteToText(
                 str(out / ".beam_dead" / "dead"), file_name_suffix=".jsonl")
-            _ = (res.stats | "Stats" >> beam.CombineGlobally(StatsCombine())
-                 | "StatsJson" >> beam.Map(json.dumps)
+            _ = (res["stats"] | "StatsJson" >> beam.Map(json.dumps)
                  | "WriteStats" >> beam.io.WriteToText(str(out / ".beam_stats" / "stats"),
                                                        file_name_suffix=".json", num_shards=1))
     finally:
@@ -522,8 +558,7 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
             th.join(timeout=5)
     worker_dead = [json.loads(ln) for ln in _read_lines(out / ".beam_dead" / "dead")]
     stats_lines = _read_lines(out / ".beam_stats" / "stats")
-    stats = json.loads(stats_lines[0]) if stats_lines else {"written": {}, "pos": {}, "known": {}, "gaze": {},
-                                                           "boxes": {}, "any": {}, "ann_ok": 0}
+    stats = json.loads(stats_lines[0]) if stats_lines else dict(EMPTY_STATS)
     for name in (".work", ".progress", ".beam_dead", ".beam_stats"):
         shutil.rmtree(out / name, ignore_errors=True)
     return worker_dead, stats, runner, (workers if is_direct else None)
