@@ -125,6 +125,34 @@ class SavedModelAdapter(ModelAdapter):
         return probs, out[MD.UNCERTAINTY].numpy()
 
 
+class TorchXRayVisionAdapter(ModelAdapter):
+    """torchxrayvision's DenseNet classifier converted to Keras (``torchxrayvision:FILE``): its own
+    outputs (sigmoid, and its operating-point normalisation when the checkpoint carries it), on the
+    findings our vocabulary knows; the public baseline to compare a cxr-tfp model against."""
+
+    kind = "torchxrayvision"
+    saliency_reason = "the converted torchxrayvision classifier is evaluated without Grad-CAM"
+
+    def __init__(self, spec: str, name: Optional[str] = None, image_size: int = 224):
+        from cxr_tfp.labels import harmonise, is_known
+        from cxr_tfp.weights import TXRV_PREFIX
+        from cxr_tfp.weights.torchxrayvision import build_classifier
+
+        self.path = spec[len(TXRV_PREFIX):]
+        self.name = name or f"torchxrayvision/{Path(self.path).name}"
+        self.model, ckpt = build_classifier(self.path, image_size)
+        op = ckpt.op_threshs
+        # Outputs the weights were not trained for (empty name, NaN operating point) are left out.
+        self._cols = [i for i, n in enumerate(ckpt.pathologies)
+                      if n and is_known(n) and not (op is not None and np.isnan(op[i]))]
+        self.findings = tuple(harmonise(ckpt.pathologies[i]) for i in self._cols)
+        self.image_size = int(image_size)
+
+    def predict(self, serialized, images):
+        out = self.model(np.asarray(images, np.float32), training=False)["outputs"].numpy()[:, self._cols]
+        return out, np.zeros_like(out)    # a point estimate: no spread to report
+
+
 def _default_name(path: str) -> str:
     p = Path(path)
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
@@ -132,6 +160,8 @@ def _default_name(path: str) -> str:
 
 def load_adapter(path: str, num_samples: Optional[int] = None, name: Optional[str] = None) -> ModelAdapter:
     """A ``.keras`` file -> :class:`KerasAdapter`; a directory with ``saved_model.pb`` -> SavedModel."""
+    if str(path).startswith("torchxrayvision:"):
+        return TorchXRayVisionAdapter(str(path), name=name)
     p = Path(path)
     if p.is_file() and p.suffix == ".keras":
         return KerasAdapter(path, num_samples=num_samples, name=name)
@@ -438,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cxr_tfp.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a .keras file or an exported SavedModel directory")
-    p.add_argument("--compare", default=None, help="a second model evaluated side by side (B - A differences)")
+    p.add_argument("--compare", default=None, help="a second model evaluated side by side (B - A differences): "
+                   "a .keras file, a SavedModel, or torchxrayvision:FILE (a torchxrayvision DenseNet "
+                   "checkpoint, converted: the public baseline on your own data)")
     p.add_argument("--data", required=True, help="data folder with train/ eval/ test/ TFRecord splits")
     p.add_argument("--out", required=True, help="output folder for metrics.json, report.md and figures")
     p.add_argument("--split", default=F.TEST_SPLIT, help="split to evaluate")

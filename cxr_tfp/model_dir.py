@@ -47,6 +47,7 @@ SAVED_MODEL_FILE = "saved_model.pb"
 ASSETS_DIR = "assets"
 LABELS_ASSET = "labels.txt"            # one finding per line, in model output order
 THRESHOLDS_ASSET = "thresholds.json"   # {finding: operating threshold}
+WEIGHTS_ASSET = "weights.json"         # what the backbone started from (cxr_tfp.weights; null = random init)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # What a SavedModel folder may hold; anything else in an existing export_dir is refused, not deleted.
 SAVED_MODEL_ENTRIES = (SAVED_MODEL_FILE, "saved_model.pbtxt", "variables", ASSETS_DIR, "assets.extra",
