@@ -1,6 +1,6 @@
 """Build sharded TFRecords from a chest X-ray dataset with Apache Beam.
 
-    python -m cxr_tfp.data.build --dataset {nih,mimic,egd,reflacx,dicom,synthetic} --root DIR --out DIR \
+    python -m cxr_tfp.records.build --dataset {nih,mimic,egd,reflacx,dicom,synthetic} --root DIR --out DIR \
         [--image-size 256] [--workers 2] [--max-rejected-fraction 0.1] [adapter options] [Beam options]
 
 Writes::
@@ -54,13 +54,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from cxr_tfp.data.shards import fill_empty_shards, num_shards, write_sorted_shards
-from cxr_tfp.data.process import ProcessConfig, dead_letter, process_record
+from cxr_tfp.records.process import ProcessConfig, dead_letter, process_record
+from cxr_tfp.records.shards import fill_empty_shards, num_shards, write_sorted_shards
 from cxr_tfp.datasets import DATASETS, get_adapter
 from cxr_tfp.datasets.base import DatasetLayoutError, Rejected, SourceRecord
 from cxr_tfp.io.images import RESIZE_MODES
 from cxr_tfp.labels import FINDINGS
-from cxr_tfp.privacy import SPLITS, parse_fractions, pseudonym, salt_fingerprint
+from cxr_tfp.features import SPLITS
+from cxr_tfp.privacy import parse_fractions, pseudonym, salt_fingerprint
 from cxr_tfp.cli import cli_main
 
 DEFAULT_IMAGE_SIZE = 256
@@ -128,7 +129,7 @@ def _make_dofn():
             self.progress = None
 
         def setup(self):
-            import cxr_tfp.data.example_codec  # noqa: F401  (TensorFlow-free serialisation)
+            import cxr_tfp.records.example_codec  # noqa: F401  (TensorFlow-free serialisation)
             self.progress = _Progress(self.progress_dir)
 
         def process(self, rec):
@@ -577,7 +578,7 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
 # ---------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m cxr_tfp.data.build",
+        prog="python -m cxr_tfp.records.build",
         description="Turn a chest X-ray dataset (NIH, MIMIC-CXR-JPG, EGD-CXR, REFLACX, a DICOM folder, or the "
                     "embedded synthetic set) into sharded gzip TFRecords with Apache Beam. Unknown --flags are "
                     "passed to Beam (e.g. --runner=DataflowRunner --project=... --region=...).",

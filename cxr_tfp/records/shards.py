@@ -13,7 +13,7 @@ import math
 from typing import Iterable, List, Tuple
 
 from cxr_tfp import features as F
-from cxr_tfp.data.example_codec import bytes_feature
+from cxr_tfp.records.example_codec import bytes_feature
 
 EXAMPLES_PER_SHARD = 1000
 
