@@ -22,13 +22,12 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp.labels import FINDINGS, resolve_vocabulary
 from cxr_tfp.model.backbones import build_backbone
+from cxr_tfp.weights import DEFAULT_SCALING
 from cxr_tfp.model.latent_head import (LatentHead, annotation_to_grid, combine_annotation,
                                        kl_diag_gaussians)
-
-# Rough CXR intensity statistics in [0, 1] (standardise before the backbone).
-_MEAN, _STD = 0.5, 0.25
 
 
 def scale_loss_for_distribution(loss):
@@ -69,7 +68,9 @@ class CxrModel(keras.Model):
                  prior_bce: float = 0.0, posterior_attention: bool = False, attention_hidden: int = 0,
                  pos_weight: Optional[Sequence[float]] = None,
                  thresholds: Optional[Dict[str, float]] = None,
-                 weights: Optional[str] = None, **kwargs):
+                 weights: Optional[str] = None, precision: str = "float32",
+                 input_scale: Optional[float] = None, input_offset: Optional[float] = None,
+                 weights_source: Optional[Dict[str, Any]] = None, **kwargs):
         super().__init__(**kwargs)
         self.backbone_name = backbone
         self.image_size = int(image_size)
@@ -91,7 +92,23 @@ class CxrModel(keras.Model):
         if thresholds:
             self.thresholds.update({k: float(v) for k, v in thresholds.items()})
         self.stage = 1
-        self.backbone = build_backbone(backbone, self.image_size, self.channels, weights)
+        self.precision = str(precision)
+        self.backbone = build_backbone(backbone, self.image_size, self.channels, self.precision)
+        # Starting weights are applied once, at build; a saved model keeps only their record and
+        # input scale (reloading never re-reads or re-downloads them).
+        self.weights_source = dict(weights_source) if weights_source else None
+        scale, offset = DEFAULT_SCALING
+        if weights:
+            from cxr_tfp.weights import apply_weights
+
+            info = apply_weights(self.backbone, backbone, weights)
+            self.weights_source = info.record()
+            scale, offset = info.input_scale, info.input_offset
+        self.input_scale = float(scale if input_scale is None else input_scale)
+        self.input_offset = float(offset if input_offset is None else input_offset)
+        # The input scale the starting weights expect, a layer of the model (saved with it).
+        self.scaling = keras.layers.Rescaling(self.input_scale, self.input_offset, dtype="float32",
+                                              name="input_scaling")
         self.grid_hw = tuple(int(d) for d in self.backbone.output_shape[1:3])
         self.feature_dim = int(self.backbone.output_shape[-1])
         self.head = LatentHead(self.latent_dim, self.hidden_dim, len(self.findings),
@@ -107,11 +124,13 @@ class CxrModel(keras.Model):
 
     # ------------------------------------------------------------------ forward pieces
     def features(self, images, training: bool = False):
-        """Backbone feature map ``[B, h, w, K]`` of images ``[B, S, S, 1]`` in [0, 1]."""
-        x = (tf.cast(images, tf.float32) - _MEAN) / _STD
+        """Backbone feature map ``[B, h, w, K]`` (float32) of images ``[B, S, S, 1]`` in [0, 1]."""
+        x = self.scaling(tf.cast(images, tf.float32))
         if self.channels == 3:
             x = tf.tile(x, [1, 1, 1, 3])
-        return self.backbone(x, training=training)
+        # Under a mixed policy the backbone computes in float16/bfloat16; the TFP head, the KL and
+        # the loss stay float32.
+        return tf.cast(self.backbone(x, training=training), tf.float32)
 
     def annotation_grid(self, annotation):
         """The annotation ``[B, S, S, 2]`` area-downsampled to the feature grid ``[B, h, w, 2]``."""
@@ -129,9 +148,9 @@ class CxrModel(keras.Model):
         return mean, std
 
     def call(self, inputs, training: bool = False):
-        images = inputs["image"] if isinstance(inputs, dict) else inputs
+        images = inputs[F.X_IMAGE] if isinstance(inputs, dict) else inputs
         mean, std = self.predict_from_features(self.features(images, training=False))
-        return {F.PROBABILITIES: mean, F.UNCERTAINTY: std}
+        return {MD.PROBABILITIES: mean, MD.UNCERTAINTY: std}
 
     def predict_with_uncertainty(self, images: np.ndarray, num_samples: Optional[int] = None,
                                  batch_size: int = 64) -> Dict[str, np.ndarray]:
@@ -150,7 +169,7 @@ class CxrModel(keras.Model):
             stds.append(s.numpy())
         L = len(self.findings)
         cat = (lambda xs: np.concatenate(xs, 0)) if means else (lambda xs: np.zeros((0, L), np.float32))
-        return {F.PROBABILITIES: cat(means), F.UNCERTAINTY: cat(stds)}
+        return {MD.PROBABILITIES: cat(means), MD.UNCERTAINTY: cat(stds)}
 
     def _predict_fn(self, num_samples: int):
         cache = self.__dict__.setdefault("_predict_fns", {})
@@ -230,14 +249,14 @@ class CxrModel(keras.Model):
 
     def compute_losses(self, x, y, training: bool = True):
         """``(loss, bce, kl)`` for a batch; ``x`` carries images or cached features (stage 2)."""
-        labels = tf.cast(y["labels"], tf.float32)
-        mask = tf.cast(y["mask"], tf.float32)
-        if "features" in x:
-            fmap = tf.cast(x["features"], tf.float32)
-            ann_grid = x.get("ann_grid")
+        labels = tf.cast(y[F.Y_LABELS], tf.float32)
+        mask = tf.cast(y[F.Y_MASK], tf.float32)
+        if F.X_FEATURES in x:
+            fmap = tf.cast(x[F.X_FEATURES], tf.float32)
+            ann_grid = x.get(F.X_ANN_GRID)
         else:
-            fmap = self.features(x["image"], training=training and self.backbone.trainable)
-            ann_grid = self.annotation_grid(x["annotation"]) if self.stage == 2 else None
+            fmap = self.features(x[F.X_IMAGE], training=training and self.backbone.trainable)
+            ann_grid = self.annotation_grid(x[F.X_ANNOTATION]) if self.stage == 2 else None
         mu_p, logvar_p = self.head.prior(fmap)
         b = tf.shape(mu_p)[0]
         it = tf.cast(self.optimizer.iterations, tf.int32) if self.optimizer is not None else 0
@@ -253,7 +272,7 @@ class CxrModel(keras.Model):
             # (BCE alone shrinks it to the floor, leaving no uncertainty and a sharp prior).
             kl = kl_diag_gaussians(mu_p, logvar_p, tf.zeros_like(mu_p), tf.zeros_like(logvar_p))
         else:
-            mu, logvar = self.posterior_or_prior(fmap, ann_grid, x["has_gaze"], x["has_boxes"], mu_p, logvar_p)
+            mu, logvar = self.posterior_or_prior(fmap, ann_grid, x[F.X_HAS_GAZE], x[F.X_HAS_BOXES], mu_p, logvar_p)
             kl = kl_diag_gaussians(mu, logvar, mu_p, logvar_p)
         z = mu[None] + tf.exp(0.5 * logvar)[None] * noise
         bce = self.masked_bce(self.head.classifier(z), labels, mask)
@@ -298,7 +317,8 @@ class CxrModel(keras.Model):
         x, y = data[0], data[1]
         with tf.GradientTape() as tape:
             loss, bce, kl = self.compute_losses(x, y, training=True)
-            scaled = scale_loss_for_distribution(loss)
+            # Loss scaling under mixed_float16 (a LossScaleOptimizer; identity for other optimizers).
+            scaled = self.optimizer.scale_loss(scale_loss_for_distribution(loss))
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
@@ -326,6 +346,8 @@ class CxrModel(keras.Model):
             "prior_kl": self.prior_kl, "prior_bce": self.prior_bce,
             "posterior_attention": self.posterior_attention, "attention_hidden": self.attention_hidden,
             "pos_weight": self.pos_weight, "thresholds": dict(self.thresholds),
+            "precision": self.precision, "input_scale": self.input_scale,
+            "input_offset": self.input_offset, "weights_source": self.weights_source,
         }
 
     @classmethod
@@ -345,7 +367,7 @@ def build_model(config) -> CxrModel:
                     prior_kl=config.prior_kl, prior_bce=config.stage2_prior_bce,
                     posterior_attention=config.posterior_attention,
                     attention_hidden=config.attention_hidden,
-                    weights=config.weights, name="cxr_model")
+                    weights=config.weights, precision=config.precision, name="cxr_model")
 
 
 def load_model(path: str) -> CxrModel:
