@@ -213,7 +213,7 @@ def test_full_disk_fails_in_one_line_and_keeps_the_previous_build(root, first_bu
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
-    p = subprocess.run([sys.executable, "-m", "cxr_tfp.data.build", "--dataset", "synthetic", "--root", str(root),
+    p = subprocess.run([sys.executable, "-m", "cxr_tfp.records.build", "--dataset", "synthetic", "--root", str(root),
                         "--out", str(out), "--image-size", "64", "--workers", "1", "--quiet"], cwd=REPO, env=env,
                        preexec_fn=small_files, capture_output=True, text=True, timeout=300)
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
