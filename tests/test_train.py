@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp.config import TrainConfig, load_config
-from cxr_tfp.export import read_labels
+from cxr_tfp.model_dir import read_labels
 from cxr_tfp.train import main, train_model
 from tests.model.synth import make_records, write_dataset, write_split
 
@@ -66,10 +67,10 @@ def test_keras_and_savedmodel_agree(trained, data):
     assert read_labels(sm) == model.findings
     first = sorted(tf.io.gfile.glob(os.path.join(data, "eval", "*")))[0]   # one file: one order
     raw = next(iter(tf.data.TFRecordDataset([first], compression_type="GZIP").batch(8)))
-    got = tf.saved_model.load(sm).signatures[F.SERVING_SIGNATURE](**{F.EXAMPLES_INPUT: raw})
+    got = tf.saved_model.load(sm).signatures[MD.SERVING_SIGNATURE](**{MD.EXAMPLES_INPUT: raw})
     x, _ = next(iter(make_dataset([first], 32, model.findings, 8)))
     ref = model.predict_with_uncertainty(x["image"].numpy())
-    np.testing.assert_allclose(got[F.PROBABILITIES].numpy(), ref[F.PROBABILITIES], atol=1e-5)
+    np.testing.assert_allclose(got[MD.PROBABILITIES].numpy(), ref[MD.PROBABILITIES], atol=1e-5)
 
 
 class Killed(Exception):
@@ -251,3 +252,36 @@ def test_cosine_schedule_spans_each_stage_and_constant_is_a_float():
     assert float(s2(0)) == pytest.approx(0.002) and float(s2(4)) == pytest.approx(0.0, abs=1e-9)
     assert float(s2(2)) == pytest.approx(0.001, rel=1e-5)
     assert learning_rate_for(small_cfg(lr_schedule="constant", stage1_lr=0.01), 1, scan) == 0.01
+
+
+DETERMINISTIC = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    from tests.test_train import small_cfg
+    from cxr_tfp.train import train_model, predict_split
+    from cxr_tfp.model import load_model
+    data, out = sys.argv[1], sys.argv[2]
+    res = []
+    for run in ("a", "b"):
+        cfg = small_cfg(deterministic=True, stage1_epochs=2, stage2_epochs=1, seed=3)
+        m = train_model(cfg, data + "/train", data + "/eval", out + "/" + run)
+        p = predict_split(load_model(out + "/" + run + "/model.keras"), cfg, [data + "/eval"])[0]
+        res.append({{"stage1": m["stage1"]["macro_auroc"], "stage2": m["stage2"]["macro_auroc"],
+                    "probs": p.tolist()}})
+    print("RESULT" + json.dumps(res))
+""")
+
+
+@pytest.mark.slow   # two trainings + exports in a fresh process: ~1-2 min on a shared 2-core machine
+def test_fixed_seed_with_op_determinism_trains_the_same_twice(data, tmp_path):
+    """The smoke config with ``deterministic: true`` and one seed: two fresh runs give equal metrics and
+    equal predictions (own process: op determinism is process-wide)."""
+    script = tmp_path / "det.py"
+    script.write_text(DETERMINISTIC.format(repo=REPO))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    p = subprocess.run([sys.executable, str(script), data, str(tmp_path / "runs")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = json.loads(p.stdout.split("RESULT", 1)[1])
+    assert a["stage1"] is not None and a["stage1"] == b["stage1"] and a["stage2"] == b["stage2"]
+    assert np.array_equal(np.asarray(a["probs"]), np.asarray(b["probs"]))
