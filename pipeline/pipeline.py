@@ -1,9 +1,11 @@
-"""The TFX DAG: validate, train in two stages, evaluate against the last blessed model, push.
+"""The TFX DAG: build examples from the raw dataset, validate, train in two stages, evaluate, push.
 
-ImportExampleGen (train/eval/test TFRecords) -> StatisticsGen -> ImportSchemaGen (curated, or
+ExampleGen (the chest X-ray ExampleGen over the raw folder's latest span, or ImportExampleGen over
+finished train/eval/test TFRecords) -> StatisticsGen -> ImportSchemaGen (curated, or
 SchemaGen) -> ExampleValidator -> AnomaliesGate (fails the run on anomalies) -> Trainer
 (``pipeline.trainer_module.run_fn``) -> Resolver(LatestBlessedModelStrategy) -> Evaluator (TFMA
-macro / per-finding AUROC, sliced by view and dataset) -> Pusher (filesystem, TF Serving layout).
+macro / per-finding AUROC, sliced by view and dataset) -> Pusher (filesystem, TF Serving layout;
+never pushes a model that is already there, see ``pipeline.pusher``).
 """
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tensorflow_model_analysis.proto import config_pb2 as tfma
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 
 from cxr_tfp import features as F
 from cxr_tfp.labels import indices
 from pipeline import configs
 from pipeline.anomalies_gate import AnomaliesGate
+from pipeline.example_gen import chest_xray_example_gen
+from pipeline.pusher import NoRepushExecutor
 from pipeline.trainer_module import TRAIN_CONFIG_KEY
 
 RUN_FN = "pipeline.trainer_module.run_fn"
@@ -23,7 +28,7 @@ MACRO_AUC = "auc"  # TFMA metric name of tf.keras.metrics.AUC; the macro key car
 _AUC_CONFIG = '{"name": "%s", "curve": "ROC", "num_thresholds": 1000}' % MACRO_AUC
 
 # Component ids (stable: tests and the demo look executions up by them).
-EXAMPLE_GEN = "ImportExampleGen"
+EXAMPLE_GEN = "ExampleGen"
 STATISTICS_GEN = "StatisticsGen"
 SCHEMA_GEN = "SchemaGen"
 EXAMPLE_VALIDATOR = "ExampleValidator"
@@ -70,6 +75,21 @@ def eval_config(findings: Sequence[str], lower_bound: float, max_drop: float,
                                               for k in slice_features])
 
 
+def make_example_gen(settings: configs.PipelineSettings, image_size: int):
+    """The pipeline's first component (id ``EXAMPLE_GEN``): raw folder or finished TFRecords."""
+    if settings.input == "tfrecords":
+        return tfx.components.ImportExampleGen(
+            input_base=settings.data_root,
+            input_config=tfx.proto.Input(splits=[
+                tfx.proto.Input.Split(name=s, pattern=f"{s}/*") for s in configs.SPLITS])
+        ).with_id(EXAMPLE_GEN)
+    # The records are built at the training image size: one number, in the training config.
+    return chest_xray_example_gen(settings.dataset, settings.raw_root, image_size,
+                                  span_folder=settings.span_folder,
+                                  adapter_options=settings.adapter_options,
+                                  salt_fingerprint=settings.salt_fingerprint).with_id(EXAMPLE_GEN)
+
+
 def create_pipeline(settings: configs.PipelineSettings, *,
                     train_config: Optional[Dict[str, Any]] = None,
                     schema_file: Optional[str] = None,
@@ -88,10 +108,7 @@ def create_pipeline(settings: configs.PipelineSettings, *,
 
     findings = resolve_vocabulary(train_config["findings"])
 
-    example_gen = tfx.components.ImportExampleGen(
-        input_base=settings.data_root,
-        input_config=tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name=s, pattern=f"{s}/*") for s in configs.SPLITS]))
+    example_gen = make_example_gen(settings, int(train_config["image_size"]))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if settings.use_curated_schema:
         from pipeline.schema_tools import SCHEMA_FILE
@@ -132,7 +149,8 @@ def create_pipeline(settings: configs.PipelineSettings, *,
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=settings.push_base)))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=settings.push_base)),
+        custom_executor_spec=executor_spec.ExecutorClassSpec(NoRepushExecutor))
 
     return tfx.dsl.Pipeline(
         pipeline_name=settings.pipeline_name,
