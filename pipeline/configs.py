@@ -7,6 +7,7 @@ The local runner, the Kubeflow runner, the demo and the tests all build a :class
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 from pathlib import Path
@@ -96,6 +97,11 @@ class PipelineSettings:
     slice_features: Tuple[str, ...] = SLICE_FEATURES
     evaluator_split: str = EVALUATOR_SPLIT
     enable_cache: bool = True
+    # Train on Vertex AI Training instead of inside the Trainer's own container, e.g.
+    # {"project": "P", "region": "europe-west4", "machine_type": "n1-standard-8",
+    #  "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 1, "workers": 2}:
+    # a chief plus ``workers`` worker replicas (TF_CONFIG set by Vertex; distribute: multi_worker).
+    vertex_training: Optional[Dict[str, Any]] = None
     beam_args: List[str] = dataclasses.field(
         default_factory=lambda: ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
 
@@ -144,6 +150,8 @@ class PipelineSettings:
         if "CXR_TFP_SPAN_FOLDER" in os.environ:
             s.span_folder = os.environ["CXR_TFP_SPAN_FOLDER"] or None
         s.salt_fingerprint = os.environ.get("CXR_TFP_SALT_FINGERPRINT", s.salt_fingerprint)
+        if os.environ.get("CXR_TFP_VERTEX_TRAINING"):
+            s.vertex_training = json.loads(os.environ["CXR_TFP_VERTEX_TRAINING"])
         if os.environ.get("CXR_TFP_BEAM_ARGS"):
             # e.g. "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
             s.beam_args = shlex.split(os.environ["CXR_TFP_BEAM_ARGS"])

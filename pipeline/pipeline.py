@@ -75,6 +75,32 @@ def eval_config(findings: Sequence[str], lower_bound: float, max_drop: float,
                                               for k in slice_features])
 
 
+def vertex_trainer_config(vertex: Dict[str, Any], train_config: Dict[str, Any]) -> Dict[str, Any]:
+    """The Trainer's custom_config for a Vertex AI Training job: a chief (worker pool 0) and
+    ``workers`` worker replicas (pool 1), each with ``accelerator_count`` accelerators, all in the
+    project image. Vertex sets TF_CONFIG; with workers the training runs ``distribute:
+    multi_worker`` (only the chief writes the model)."""
+    from tfx.v1.extensions import google_cloud_ai_platform as gcp
+
+    workers = int(vertex.get("workers", 0))
+    machine = {"machine_type": vertex.get("machine_type", "n1-standard-8")}
+    if vertex.get("accelerator_type"):
+        machine.update(accelerator_type=vertex["accelerator_type"],
+                       accelerator_count=int(vertex.get("accelerator_count", 1)))
+    container = {"image_uri": vertex.get("image", configs.PIPELINE_IMAGE)}
+    pools = [{"machine_spec": machine, "replica_count": 1, "container_spec": container}]
+    if workers:
+        pools.append({"machine_spec": machine, "replica_count": workers, "container_spec": container})
+    config = dict(train_config)
+    if workers:
+        config["distribute"] = "multi_worker"
+    elif vertex.get("accelerator_count", 0) and int(vertex["accelerator_count"]) > 1:
+        config["distribute"] = "mirrored"
+    return {TRAIN_CONFIG_KEY: config, gcp.ENABLE_VERTEX_KEY: True,
+            gcp.VERTEX_REGION_KEY: vertex["region"],
+            gcp.TRAINING_ARGS_KEY: {"project": vertex["project"], "worker_pool_specs": pools}}
+
+
 def make_example_gen(settings: configs.PipelineSettings, image_size: int):
     """The pipeline's first component (id ``EXAMPLE_GEN``): raw folder or finished TFRecords."""
     if settings.input == "tfrecords":
@@ -122,13 +148,19 @@ def create_pipeline(settings: configs.PipelineSettings, *,
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"]).with_id(ANOMALIES_GATE)
 
-    trainer = tfx.components.Trainer(
+    trainer_kwargs = dict(
         run_fn=RUN_FN,
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=[configs.TRAIN_SPLIT]),
-        eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]),
-        custom_config={TRAIN_CONFIG_KEY: train_config})
+        eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]))
+    if settings.vertex_training:
+        trainer = tfx.extensions.google_cloud_ai_platform.Trainer(
+            custom_config=vertex_trainer_config(settings.vertex_training, train_config),
+            **trainer_kwargs).with_id(TRAINER)
+    else:
+        trainer = tfx.components.Trainer(custom_config={TRAIN_CONFIG_KEY: train_config},
+                                         **trainer_kwargs)
     trainer.add_upstream_node(gate)
 
     resolver = tfx.dsl.Resolver(

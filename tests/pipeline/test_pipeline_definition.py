@@ -213,3 +213,23 @@ def test_kubeflow_v2_spec_has_every_component_and_the_image(tmp_path, monkeypatc
     gen = executors[next(k for k in executors if P.EXAMPLE_GEN in k)]
     assert "pipeline.example_gen.Executor" in json.dumps(gen)
     assert "{SPAN}/*" in text
+
+
+def test_vertex_training_asks_for_workers_and_a_gpu_in_the_spec(tmp_path, monkeypatch):
+    from pipeline import kubeflow_v2_runner
+
+    monkeypatch.setenv("CXR_TFP_OUTPUT_ROOT", "gs://example-bucket/cxr-tfp")
+    monkeypatch.setenv("CXR_TFP_VERTEX_TRAINING", json.dumps(
+        {"project": "p", "region": "europe-west4", "machine_type": "n1-standard-8",
+         "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 1, "workers": 2}))
+    text = open(kubeflow_v2_runner.compile_pipeline(output_dir=str(tmp_path))).read()
+    spec = json.loads(text)["pipelineSpec"]
+    assert P.TRAINER in spec["root"]["dag"]["tasks"]
+    config = configs.PipelineSettings.from_env()
+    custom = P.vertex_trainer_config(config.vertex_training, {"distribute": "none"})
+    pools = custom["ai_platform_training_args"]["worker_pool_specs"]
+    assert [p["replica_count"] for p in pools] == [1, 2]
+    assert pools[0]["machine_spec"]["accelerator_type"] == "NVIDIA_TESLA_T4"
+    assert custom["train_config"]["distribute"] == "multi_worker"
+    # the compiled spec carries the same request (custom_config is a JSON string parameter there)
+    assert "worker_pool_specs" in text and "NVIDIA_TESLA_T4" in text and "multi_worker" in text

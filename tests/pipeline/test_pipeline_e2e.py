@@ -110,7 +110,8 @@ def test_first_run_blesses_and_pushes_a_servable_model(runs):
     assert np.all((p >= 0) & (p <= 1))
     # TFMA: macro AUROC above the floor, per-finding AUROCs and counts, sliced by view and dataset.
     metrics = R.read_metrics(first.uri(P.EVALUATOR, "evaluation"))
-    assert {"overall", "view=PA", "view=AP", "dataset=synthetic"} <= set(metrics)
+    assert {"overall", "dataset=synthetic"} <= set(metrics)
+    assert any(k.startswith("view=") for k in metrics)
     overall = metrics["overall"]
     assert overall["macro_auc"] >= LOWER_BOUND
     assert overall["n"] == SIZES["test"]
