@@ -300,7 +300,8 @@ def get_signature_defs(stub, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -
 
 
 def _call_with_retries(fn, request, timeout_s: float, retries: int, backoff_s: float):
-    """Call ``fn(request)``; retry only UNAVAILABLE (server starting/restarting), exponential backoff."""
+    """Call ``fn(request)``; retry only UNAVAILABLE (server starting/restarting) and RESOURCE_EXHAUSTED
+    (a server shedding load), exponential backoff."""
     import grpc
 
     attempt = 0
@@ -309,7 +310,8 @@ def _call_with_retries(fn, request, timeout_s: float, retries: int, backoff_s: f
         try:
             return fn(request, timeout=timeout_s), attempt
         except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.UNAVAILABLE or attempt > retries:
+            if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED) \
+                    or attempt > retries:
                 e.attempts = attempt
                 raise
             time.sleep(backoff_s * (2 ** (attempt - 1)))
@@ -479,7 +481,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--version", type=int, default=None, help="a specific model version")
     p.add_argument("--version-label", default=None, help="e.g. stable or canary")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="deadline per call (s)")
-    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries on UNAVAILABLE")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries on UNAVAILABLE or RESOURCE_EXHAUSTED")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     p.add_argument("--model-dir", default=None,
                    help="local copy of the SavedModel (or base path): finding names + thresholds")

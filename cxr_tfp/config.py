@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-BACKBONES = ("densenet121", "resnet50", "tiny")
+from cxr_tfp.model.backbones import BACKBONE_NAMES as BACKBONES
+from cxr_tfp.model.backbones import PRECISIONS
 ANNOTATIONS = ("gaze+boxes", "gaze", "boxes", "none")
 FREEZE = ("backbone", "backbone+classifier", "none")
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
@@ -31,13 +32,18 @@ class TrainConfig:
     """Model + two-stage training options. Defaults follow the paper's setting (DenseNet-121, 224 px)."""
 
     # --- model
-    backbone: str = _f("densenet121", "Backbone architecture (keras-cv, built offline from explicit "
-                       "arguments; 'tiny' is a 3-layer CNN for tests).", BACKBONES)
+    backbone: str = _f("densenet121", "Backbone architecture (keras-hub backbones; 'tiny' is a 3-layer "
+                       "CNN and 'densenet_tiny' a 2-2-2-2 DenseNet, both for tests).", BACKBONES)
     image_size: int = _f(224, "Square input size in pixels (images are resized on decode).")
     channels: int = _f(1, "Channels fed to the backbone: 1 (grey) or 3 (grey tiled to RGB, e.g. for "
                        "ImageNet weights).", (1, 3))
-    weights: Optional[str] = _f(None, "Optional local backbone weights file (.weights.h5); no hub is "
-                                "reachable, so weights come from a path or not at all.")
+    weights: Optional[str] = _f(None, "Starting weights of the backbone: 'imagenet' (keras-hub preset, "
+                                "downloaded once), a local keras-hub preset folder, a .weights.h5 file, or "
+                                "torchxrayvision:FILE (a torchxrayvision DenseNet checkpoint, converted). "
+                                "See docs/weights.md.")
+    precision: str = _f("float32", "Training precision: float32, mixed_float16 (GPUs; loss scaling) or "
+                        "mixed_bfloat16 (GPUs/TPUs, CPUs with bfloat16 units). The backbone computes in "
+                        "16 bits; the TFP head, the KL and the loss stay float32.", PRECISIONS)
     findings: Union[str, List[str]] = _f("nih", "Predicted findings: a vocabulary name (nih, mimic, "
                                          "synthetic, all) or a list / comma-separated finding names.")
     latent_dim: int = _f(32, "Size of the latent variable z.")

@@ -30,11 +30,14 @@ import numpy as np
 from cxr_tfp import features as F
 from cxr_tfp import metrics as M
 from cxr_tfp.cli import cli_main
-from cxr_tfp.report.saliency import SaliencyCollector, SaliencyExample, agreement_summary
+from cxr_tfp.report.saliency import METHOD_NAMES, SaliencyCollector, SaliencyExample, agreement_summary
 
 log = logging.getLogger("cxr_tfp.evaluate")
 
 THRESHOLD_METHODS = ("youden", "sensitivity", "fixed")
+# Below this many positives a finding's AUROC, sensitivity and calibration are too unstable to read
+# on their own; the report warns next to them.
+MIN_POSITIVES = 10
 
 
 # ------------------------------------------------------------------------------------------ adapters
@@ -47,6 +50,7 @@ class ModelAdapter:
     findings: Tuple[str, ...] = ()
     image_size: Optional[int] = None        # None: the model takes serialized examples at any size
     saliency_reason: Optional[str] = None   # why saliency is unavailable (None when it is available)
+    saliency_methods: Tuple[str, ...] = ("gradcam",)   # names :meth:`saliency` accepts, primary first
 
     @property
     def supports_saliency(self) -> bool:
@@ -56,8 +60,8 @@ class ModelAdapter:
         """``(probabilities, uncertainty)``, each float ``[B, L]`` over :attr:`findings`."""
         raise NotImplementedError
 
-    def saliency(self, images: np.ndarray, finding_index: int) -> np.ndarray:
-        """Saliency maps ``[B, S, S]`` in [0, 1] for one finding."""
+    def saliency(self, images: np.ndarray, finding_index: int, method: str = "gradcam") -> np.ndarray:
+        """Saliency maps ``[B, S, S]`` in [0, 1] for one finding, by one of :attr:`saliency_methods`."""
         raise NotImplementedError(self.saliency_reason or "saliency not implemented")
 
 
@@ -65,6 +69,7 @@ class KerasAdapter(ModelAdapter):
     """A ``.keras`` model from :func:`cxr_tfp.model.load_model` (Grad-CAM available)."""
 
     kind = "keras"
+    saliency_methods = ("gradcam", "occlusion", "attention")
 
     def __init__(self, path: str, num_samples: Optional[int] = None, name: Optional[str] = None):
         from cxr_tfp.model import load_model
@@ -81,10 +86,12 @@ class KerasAdapter(ModelAdapter):
                                                   num_samples=self.num_samples)
         return np.asarray(out[F.PROBABILITIES]), np.asarray(out[F.UNCERTAINTY])
 
-    def saliency(self, images, finding_index):
-        from cxr_tfp.model.saliency import grad_cam
+    def saliency(self, images, finding_index, method="gradcam"):
+        from cxr_tfp.model.saliency import METHODS
 
-        return np.asarray(grad_cam(self.model, np.asarray(images, np.float32), int(finding_index)))
+        if method not in METHODS:
+            raise ValueError(f"unknown saliency method {method!r}; choose from {', '.join(METHODS)}")
+        return np.asarray(METHODS[method](self.model, np.asarray(images, np.float32), int(finding_index)))
 
 
 class SavedModelAdapter(ModelAdapter):
@@ -118,6 +125,34 @@ class SavedModelAdapter(ModelAdapter):
         return probs, out[F.UNCERTAINTY].numpy()
 
 
+class TorchXRayVisionAdapter(ModelAdapter):
+    """torchxrayvision's DenseNet classifier converted to Keras (``torchxrayvision:FILE``): its own
+    outputs (sigmoid, and its operating-point normalisation when the checkpoint carries it), on the
+    findings our vocabulary knows; the public baseline to compare a cxr-tfp model against."""
+
+    kind = "torchxrayvision"
+    saliency_reason = "the converted torchxrayvision classifier is evaluated without Grad-CAM"
+
+    def __init__(self, spec: str, name: Optional[str] = None, image_size: int = 224):
+        from cxr_tfp.labels import harmonise, is_known
+        from cxr_tfp.weights import TXRV_PREFIX
+        from cxr_tfp.weights.torchxrayvision import build_classifier
+
+        self.path = spec[len(TXRV_PREFIX):]
+        self.name = name or f"torchxrayvision/{Path(self.path).name}"
+        self.model, ckpt = build_classifier(self.path, image_size)
+        op = ckpt.op_threshs
+        # Outputs the weights were not trained for (empty name, NaN operating point) are left out.
+        self._cols = [i for i, n in enumerate(ckpt.pathologies)
+                      if n and is_known(n) and not (op is not None and np.isnan(op[i]))]
+        self.findings = tuple(harmonise(ckpt.pathologies[i]) for i in self._cols)
+        self.image_size = int(image_size)
+
+    def predict(self, serialized, images):
+        out = self.model(np.asarray(images, np.float32), training=False)["outputs"].numpy()[:, self._cols]
+        return out, np.zeros_like(out)    # a point estimate: no spread to report
+
+
 def _default_name(path: str) -> str:
     p = Path(path)
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
@@ -125,6 +160,8 @@ def _default_name(path: str) -> str:
 
 def load_adapter(path: str, num_samples: Optional[int] = None, name: Optional[str] = None) -> ModelAdapter:
     """A ``.keras`` file -> :class:`KerasAdapter`; a directory with ``saved_model.pb`` -> SavedModel."""
+    if str(path).startswith("torchxrayvision:"):
+        return TorchXRayVisionAdapter(str(path), name=name)
     p = Path(path)
     if p.is_file() and p.suffix == ".keras":
         return KerasAdapter(path, num_samples=num_samples, name=name)
@@ -201,7 +238,8 @@ def _batches(ds, files: Sequence[str]):
 
 def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32, saliency: bool = True,
             max_saliency: Optional[int] = None, n_examples: int = 6, gaze_level: float = 0.5,
-            top_k: float = 0.1, progress_every: int = 20) -> Predictions:
+            top_k: float = 0.1, progress_every: int = 20,
+            saliency_methods: Optional[Sequence[str]] = None) -> Predictions:
     """Run ``adapter`` over ``files`` and gather arrays; with ``saliency``, map the annotated images.
 
     Which images get saliency and how its agreement with the experts is scored:
@@ -215,7 +253,7 @@ def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32
     size = adapter.image_size or _stored_image_size(files)
     do_sal = saliency and adapter.supports_saliency
     sal = (SaliencyCollector(adapter, findings, size, max_saliency=max_saliency, n_examples=n_examples,
-                             gaze_level=gaze_level, top_k=top_k) if do_sal else None)
+                             gaze_level=gaze_level, top_k=top_k, methods=saliency_methods) if do_sal else None)
     ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(batch_size)
     out: Dict[str, List[np.ndarray]] = {k: [] for k in ("probs", "unc", "labels", "mask", "pk", "ek", "hg", "hb")}
     t0 = time.time()
@@ -235,7 +273,7 @@ def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32
         out["pk"].append(np.char.decode(meta[F.PATIENT_KEY].numpy().astype(bytes), "utf-8"))
         out["ek"].append(np.char.decode(meta[F.EXAMPLE_KEY].numpy().astype(bytes), "utf-8"))
         if sal is not None:
-            sal.add_batch(images, x["annotation"].numpy(), labels, mask, probs, hg, hb)
+            sal.add_batch(images, x["annotation"].numpy(), labels, mask, probs, hg, hb, patients=out["pk"][-1])
         if progress_every and (b + 1) % progress_every == 0:
             n = sum(len(v) for v in out["probs"])
             log.info("%s: %d images (%.1f img/s)", adapter.name, n, n / max(time.time() - t0, 1e-9))
@@ -305,17 +343,27 @@ def compute_metrics(pred: Predictions, thresholds: Dict[str, object], opts: Eval
              "findings_defined": int(sum(per[f]["auroc"] is not None for f in per))}
     for key in ("average_precision", "ece", "sensitivity", "specificity"):
         macro[key] = M._mean_defined([per[f][key] for f in per])
+    cis = M.macro_threshold_metrics_ci(pred.labels, pred.probs, pred.mask,
+                                       [thresholds.get(f) for f in pred.findings], pred.patient_keys,
+                                       opts.n_resamples, opts.seed, opts.alpha, opts.n_bins)
+    for key, (lo, hi) in cis.items():
+        macro[f"{key}_ci_low"], macro[f"{key}_ci_high"] = lo, hi
     micro = {"auroc": ci["micro"]["auroc"], "ci_low": ci["micro"]["ci_low"], "ci_high": ci["micro"]["ci_high"],
              "average_precision": M.micro_average_precision(pred.labels, pred.probs, pred.mask)}
-    sal = ({"available": False, "reason": pred.saliency_reason} if pred.saliency_reason else
-           {"available": True, "reason": None, "method": "Grad-CAM (backbone's last block)",
-            **agreement_summary(pred.agreement, opts.top_k)})
+    if pred.saliency_reason:
+        sal = {"available": False, "reason": pred.saliency_reason}
+    else:
+        summ = agreement_summary(pred.agreement, opts.top_k, opts.n_resamples, opts.seed, opts.alpha)
+        sal = {"available": True, "reason": None, "method": METHOD_NAMES.get(summ["methods"][0], summ["methods"][0]),
+               "method_names": {m: METHOD_NAMES.get(m, m) for m in summ["methods"]}, **summ}
+    low = [f for f in pred.findings if 0 < per[f]["positives"] < MIN_POSITIVES]
     return M.sanitize({
         "findings": list(pred.findings),
         "n_images": int(len(pred.probs)),
         "n_patients": int(len(np.unique(pred.patient_keys))),
         "n_with_gaze": int(pred.has_gaze.sum()), "n_with_boxes": int(pred.has_boxes.sum()),
         "per_finding": per, "macro": macro, "micro": micro,
+        "few_positives": {"min_positives": MIN_POSITIVES, "findings": low},
         "referral": {"fractions": fractions, "macro_auroc": referral_macro},
         "saliency": sal,
     })
@@ -335,7 +383,7 @@ def evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str
              compare: Union[None, str, ModelAdapter] = None, threshold_split: Optional[str] = "eval",
              options: Optional[EvalOptions] = None, batch_size: int = 32, num_samples: Optional[int] = None,
              saliency: bool = True, max_saliency: Optional[int] = None, n_examples: int = 6,
-             figures: bool = True) -> Dict[str, object]:
+             figures: bool = True, saliency_methods: Optional[Sequence[str]] = None) -> Dict[str, object]:
     """Evaluate ``model`` (and optionally ``compare``) on ``data/split``; write metrics.json, report.md, PNGs.
 
     Thresholds are chosen on ``data/threshold_split`` (``None``, or a missing folder, falls back to
@@ -371,7 +419,8 @@ def evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str
     for ad in adapters:
         log.info("evaluating %s (%s) on %s", ad.name, ad.kind, split)
         pred = collect(ad, files, batch_size=batch_size, saliency=saliency, max_saliency=max_saliency,
-                       n_examples=n_examples, gaze_level=opts.gaze_level, top_k=opts.top_k)
+                       n_examples=n_examples, gaze_level=opts.gaze_level, top_k=opts.top_k,
+                       saliency_methods=saliency_methods)
         th_pred = collect(ad, th_files, batch_size=batch_size, saliency=False) if th_files else None
         thresholds = choose_thresholds(th_pred, ad.findings,
                                        dataclasses.replace(opts, threshold_method=method))
@@ -419,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cxr_tfp.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a .keras file or an exported SavedModel directory")
-    p.add_argument("--compare", default=None, help="a second model evaluated side by side (B - A differences)")
+    p.add_argument("--compare", default=None, help="a second model evaluated side by side (B - A differences): "
+                   "a .keras file, a SavedModel, or torchxrayvision:FILE (a torchxrayvision DenseNet "
+                   "checkpoint, converted: the public baseline on your own data)")
     p.add_argument("--data", required=True, help="data folder with train/ eval/ test/ TFRecord splits")
     p.add_argument("--out", required=True, help="output folder for metrics.json, report.md and figures")
     p.add_argument("--split", default="test", help="split to evaluate")
@@ -436,7 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-saliency", type=int, default=None, help="cap on images given Grad-CAM")
     p.add_argument("--examples", type=int, default=6, help="images shown in the saliency figure")
-    p.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM")
+    p.add_argument("--no-saliency", action="store_true", help="skip saliency maps")
+    p.add_argument("--saliency-methods", default=None,
+                   help="comma-separated saliency methods, primary first (default: all the model offers; "
+                        "a .keras model: gradcam,occlusion,attention)")
     return p
 
 
@@ -454,7 +508,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     res = evaluate(args.model, args.data, args.out, split=args.split, compare=args.compare,
                    threshold_split=args.threshold_split, options=opts, batch_size=args.batch_size,
                    num_samples=args.num_samples, saliency=not args.no_saliency,
-                   max_saliency=args.max_saliency, n_examples=args.examples)
+                   max_saliency=args.max_saliency, n_examples=args.examples,
+                   saliency_methods=[m.strip() for m in args.saliency_methods.split(",") if m.strip()]
+                   if args.saliency_methods else None)
     for m in res["models"]:
         mac = m["macro"]
         print(f"{m['name']}: macro AUROC {_fmt(mac['auroc'])} [{_fmt(mac['ci_low'])}, {_fmt(mac['ci_high'])}] "

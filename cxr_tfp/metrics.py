@@ -459,6 +459,62 @@ def saliency_agreement(saliency: np.ndarray, regions: Sequence[np.ndarray],
             "topk_chance": float(np.mean([o["chance"] for o in ov])), "k": float(k)}
 
 
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> Tuple[Float, Float]:
+    """Wilson score interval of a proportion (good at small n and near 0 or 1); ``(None, None)`` for n = 0."""
+    if n <= 0:
+        return None, None
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1 - alpha / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def weighted_mean_ci(values: Sequence[float], groups: Sequence, n_resamples: int = 1000, seed: int = 0,
+                     alpha: float = 0.05) -> Tuple[Float, Float]:
+    """Percentile interval of a mean over items, resampling their groups (patients) with replacement."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or n_resamples <= 0:
+        return None, None
+    w = patient_resample_weights(groups, n_resamples, seed).astype(np.float64)
+    tot = w.sum(axis=1)
+    means = np.where(tot > 0, (w @ v) / np.maximum(tot, 1e-12), np.nan)
+    return percentile_interval(means, alpha)
+
+
+def macro_threshold_metrics_ci(labels, scores, mask, thresholds: Sequence[Float], groups,
+                               n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05,
+                               n_bins: int = 10) -> Dict[str, Tuple[Float, Float]]:
+    """Patient-bootstrap intervals of the macro AP, ECE, sensitivity and specificity.
+
+    Each resample draws patients with replacement (all their images come along) and averages each
+    metric over the findings where it is defined in that resample, as the point estimate does.
+    """
+    labels, scores, mask = _check_matrix(labels, scores, mask)
+    keys = ("average_precision", "ece", "sensitivity", "specificity")
+    if n_resamples <= 0 or labels.shape[0] == 0:
+        return {k: (None, None) for k in keys}
+    counts = patient_resample_weights(groups, n_resamples, seed).astype(int)
+    draws = {k: [] for k in keys}
+    for r in range(n_resamples):
+        idx = np.repeat(np.arange(labels.shape[0]), counts[r])
+        per = {k: [] for k in keys}
+        for j in range(labels.shape[1]):
+            y, p, m = labels[idx, j], scores[idx, j], mask[idx, j]
+            yy, pp = _as_1d(y, p, m)
+            per["average_precision"].append(average_precision(yy, pp))
+            per["ece"].append(expected_calibration_error(yy, pp, n_bins))
+            ss = sensitivity_specificity(yy, pp, thresholds[j])
+            per["sensitivity"].append(ss["sensitivity"])
+            per["specificity"].append(ss["specificity"])
+        for k in keys:
+            v = _mean_defined(per[k])
+            draws[k].append(np.nan if v is None else v)
+    return {k: percentile_interval(np.asarray(draws[k]), alpha) for k in keys}
+
+
 # ----------------------------------------------------------------------------------- all together
 def finding_summary(y, p, mask=None, threshold: Float = None, n_bins: int = 10) -> Dict[str, object]:
     """Counts, AUROC, AP, ECE and sensitivity/specificity at ``threshold`` for one finding."""

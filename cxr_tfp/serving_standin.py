@@ -321,10 +321,10 @@ def start_server(model_base_path: str, model_name: str = "cxr_tfp", port: Option
         import portpicker
 
         port = portpicker.pick_unused_port()
-    # Bounded memory under a burst: at most 2 x max_workers requests are held at once (the rest get
-    # RESOURCE_EXHAUSTED at once instead of queueing their payloads in memory).
+    # Bounded memory under a burst: at most 4 x max_workers requests are held at once (the rest get
+    # RESOURCE_EXHAUSTED at once, which the client retries, instead of queueing payloads in memory).
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         maximum_concurrent_rpcs=2 * max_workers,
+                         maximum_concurrent_rpcs=4 * max_workers,
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)

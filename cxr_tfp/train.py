@@ -28,6 +28,7 @@ from cxr_tfp import features as F
 from cxr_tfp.config import TrainConfig, add_config_arguments, load_config, overrides_from_args
 from cxr_tfp.input import FilePattern, list_files, make_dataset
 from cxr_tfp.cli import cli_main
+from cxr_tfp.weights import check_weights_spec
 
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.json"
@@ -88,9 +89,16 @@ def check_useful(findings: Sequence[str], train_scan: Dict[str, Any], n_eval: in
     if n_eval == 0:
         raise ValueError(f"eval split {eval_where} is empty: AUROC and the operating thresholds need eval "
                          f"examples (change --split-fractions or add patients)")
-    missing = [f for f, p in zip(findings, train_scan["positives"]) if p == 0]
-    return ([f"no positive training example for {', '.join(missing)}: the model cannot learn "
-             f"{'it' if len(missing) == 1 else 'them'}"] if missing else [])
+    unlabelled = [f for f, k in zip(findings, train_scan["known"]) if k == 0]
+    missing = [f for f, p, k in zip(findings, train_scan["positives"], train_scan["known"]) if p == 0 and k > 0]
+    out = []
+    if unlabelled:
+        out.append(f"no training example has a known label for {', '.join(unlabelled)}: "
+                   f"{'it is' if len(unlabelled) == 1 else 'they are'} not learnt")
+    if missing:
+        out.append(f"no positive training example for {', '.join(missing)}: the model cannot learn "
+                   f"{'it' if len(missing) == 1 else 'them'}")
+    return out
 
 
 def scan_split(files: Sequence[str], findings: Sequence[str]) -> Dict[str, Any]:
@@ -456,8 +464,7 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
                                 str(eval_files)):
         print(f"[train] warning: {warning}", file=sys.stderr)
     check_stage2_subset(cfg, scan, str(train_files))
-    if cfg.weights and not os.path.exists(cfg.weights):
-        raise FileNotFoundError(f"config: weights file not found: {cfg.weights}")
+    check_weights_spec(cfg.weights)
 
     if chief:
         os.makedirs(out_dir, exist_ok=True)
@@ -483,6 +490,7 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
             neg = scan["known"] - scan["positives"]
             model.pos_weight = [float(np.clip(n / max(p, 1.0), 1.0, 100.0))
                                 for n, p in zip(neg, scan["positives"])]
+    metrics["weights"] = model.weights_source   # what the backbone started from (None: random init)
 
     def run_stage(stage: int, dataset_fn, on_fresh_start=None) -> None:
         key = f"stage{stage}"
@@ -490,7 +498,10 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
         ckpt_dir = os.path.join(out_dir, "checkpoints", key)
         with strategy.scope():
             model.set_stage(stage, cfg.freeze)
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate_for(cfg, stage, scan)))
+            optimizer = keras.optimizers.Adam(learning_rate_for(cfg, stage, scan))
+            if cfg.precision == "mixed_float16":   # float16 gradients underflow without loss scaling
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            model.compile(optimizer=optimizer)
             ckpt = StageCheckpoint(model, ckpt_dir, chief)
             done = ckpt.restore()
             if done == 0 and on_fresh_start is not None:

@@ -96,7 +96,7 @@ class StubAdapter(ModelAdapter):
         unc = np.abs(noise - 0.5)   # confident where the noise is extreme
         return probs, 0.5 - unc
 
-    def saliency(self, images, finding_index):
+    def saliency(self, images, finding_index, method="gradcam"):
         self.calls.append((len(images), finding_index))
         s = np.asarray(images)[..., 0]
         return s / s.max(axis=(1, 2), keepdims=True)

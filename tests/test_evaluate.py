@@ -205,8 +205,14 @@ def test_keras_and_saved_model_adapters_agree(real_models, data):
     np.testing.assert_allclose(pk.probs, ps.probs, atol=1e-5)
     np.testing.assert_allclose(pk.uncertainty, ps.uncertainty, atol=1e-5)
     assert np.all(pk.uncertainty >= 0) and np.all((pk.probs >= 0) & (pk.probs <= 1))
-    assert len([r for r in pk.agreement if r["type"] == "boxes"]) == 5 and len(pk.examples) == 2
+    # three methods (Grad-CAM, occlusion, prior attention) on each of the 5 images
+    boxes = [r for r in pk.agreement if r["type"] == "boxes"]
+    assert len(boxes) == 15 and sorted({r["method"] for r in boxes}) == ["attention", "gradcam", "occlusion"]
+    assert len(pk.examples) == 2 and sorted(pk.examples[0].maps) == ["attention", "gradcam", "occlusion"]
     assert pk.examples[0].saliency.shape == (SIZE, SIZE)
+    assert np.array_equal(pk.examples[0].saliency, pk.examples[0].maps["gradcam"])
+    with pytest.raises(ValueError, match="not available"):
+        E.collect(k, files, batch_size=16, max_saliency=1, saliency_methods=["shap"])
     assert ps.saliency_reason is not None and "SavedModel" in ps.saliency_reason and not ps.agreement
 
 
@@ -214,7 +220,8 @@ def test_cli_compares_keras_with_saved_model(real_models, data, tmp_path, capsys
     out = tmp_path / "cli"
     rc = E.main(["--model", str(real_models / "model.keras"), "--compare", str(real_models / "saved_model"),
                  "--data", str(data), "--out", str(out), "--bootstrap", "30", "--threshold-method",
-                 "sensitivity", "--target-sensitivity", "0.8", "--max-saliency", "4", "--examples", "2"])
+                 "sensitivity", "--target-sensitivity", "0.8", "--max-saliency", "4", "--examples", "2",
+                 "--saliency-methods", "occlusion,gradcam"])
     assert rc == 0
     printed = capsys.readouterr().out
     res = _no_nan((out / "metrics.json").read_text())
@@ -223,6 +230,7 @@ def test_cli_compares_keras_with_saved_model(real_models, data, tmp_path, capsys
     # identical predictions -> a paired difference of exactly zero
     assert res["comparison"]["difference"] == pytest.approx(0.0, abs=1e-9)
     assert res["models"][1]["saliency"]["available"] is False
+    assert res["models"][0]["saliency"]["methods"] == ["occlusion", "gradcam"]   # primary first, as asked
     report = (out / "report.md").read_text()
     assert "Grad-CAM needs the Keras model" in report
     for name in _linked_images(report):

@@ -241,3 +241,19 @@ def test_bad_shapes_raise():
         M.auroc([0, 1], [0.1])
     with pytest.raises(ValueError, match=r"\[N, L\]"):
         M.auroc_with_ci(np.zeros((3, 2)), np.zeros((3, 1)), None, ["a", "b", "c"], n_resamples=2)
+
+
+def test_wilson_interval_known_values():
+    lo, hi = M.wilson_interval(1, 15)
+    assert lo == pytest.approx(0.0119, abs=1e-3) and hi == pytest.approx(0.2983, abs=1e-3)
+    assert M.wilson_interval(0, 0) == (None, None)
+    lo, hi = M.wilson_interval(10, 10)
+    assert hi == pytest.approx(1.0) and 0.69 < lo < 0.73
+
+
+def test_patient_bootstrap_of_a_mean_keeps_patients_together():
+    v = [0.0, 0.0, 1.0, 1.0]
+    lo, hi = M.weighted_mean_ci(v, ["a", "a", "b", "b"], n_resamples=500, seed=1)
+    assert lo == 0.0 and hi == 1.0                  # two patients: resamples give 0, 0.5 or 1 only
+    lo, hi = M.weighted_mean_ci([0.3] * 5, list("abcde"), n_resamples=50)
+    assert lo == pytest.approx(0.3) and hi == pytest.approx(0.3)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -53,6 +54,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from cxr_tfp.data.shards import fill_empty_shards, num_shards, write_sorted_shards
 from cxr_tfp.data.process import ProcessConfig, dead_letter, process_record
 from cxr_tfp.datasets import DATASETS, get_adapter
 from cxr_tfp.datasets.base import DatasetLayoutError, Rejected, SourceRecord
@@ -288,7 +290,8 @@ def _summarise(dataset, root, out, cfg, adapter, records, pre_rejected, worker_d
         "annotated": {sp: {"gaze": int(stats["gaze"].get(sp, 0)), "boxes": int(stats["boxes"].get(sp, 0)),
                            "any": int(stats["any"].get(sp, 0))} for sp in SPLITS},
         "rejected_by_stage": dict(sorted(by_stage.items())),
-        "top_rejection_reasons": dict(by_reason.most_common(10)),
+        # Ties ordered by reason, not by arrival order (which the runner decides): reproducible bytes.
+        "top_rejection_reasons": dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
         "skipped": dict(sorted(getattr(adapter, "skipped", {}).items())),
         "files": {sp: sorted(f.name for f in (out / sp).glob(f"*{SHARD_SUFFIX}")) for sp in SPLITS},
         "seconds": round(seconds, 3),
@@ -483,12 +486,15 @@ def _build_into(out: Path, final_out: Path, dataset, root, cfg, adapter, records
     summary["out"] = str(final_out)
     if msg:
         summary.update(status="failed", error=msg)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # Timings stay out of summary.json (returned and printed only): the file is byte-reproducible.
+    (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k not in TIMING_KEYS},
+                                                 indent=2) + "\n")
     if msg:
         raise RejectedFractionError(msg, summary)
     return summary
 
 
+TIMING_KEYS = ("seconds", "images_per_second")
 EMPTY_STATS = {"written": {}, "pos": {}, "known": {}, "gaze": {}, "boxes": {}, "any": {}, "ann_ok": 0}
 
 
@@ -543,7 +549,6 @@ def examples_transform(shards: Sequence[str], key: bytes, cfg: ProcessConfig,
 def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_args: List[str], workers: int,
               say, show_progress: bool):
     import apache_beam as beam
-    from apache_beam.io.filesystem import CompressionTypes
 
     if not show_progress:
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
@@ -559,6 +564,8 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
     progress_dir.mkdir(mode=0o700, exist_ok=True)
     mode = options.view_as(__import__("apache_beam.options.pipeline_options", fromlist=["DirectOptions"])
                            .DirectOptions).direct_running_mode if is_direct else ""
+    shard_counts = {sp: num_shards(int(math.ceil(len(records) * frac)))
+                    for sp, frac in zip(SPLITS, cfg.split_fractions)}
     say(f"running Beam ({runner}{f', {mode}, {workers} worker(s)' if is_direct else ''}) on {len(records)} images")
     stop = threading.Event()
     th = _progress_thread(progress_dir, len(records), stop, sys.stderr) if (show_progress and is_direct) else None
@@ -567,10 +574,10 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
         with owner_only_umask(), beam.Pipeline(options=options) as p:
             res = p | "Examples" >> examples_transform(shards, key, cfg,
                                                        str(progress_dir) if is_direct else None)
+            # Shards by example-key hash, key-sorted: two builds of the same inputs are byte-identical.
             for sp in SPLITS:
-                _ = res[sp] | f"Write_{sp}" >> beam.io.WriteToTFRecord(
-                    str(out / sp / "data"), file_name_suffix=SHARD_SUFFIX,
-                    compression_type=CompressionTypes.GZIP)
+                _ = res[sp] | f"Write_{sp}" >> write_sorted_shards(
+                    str(out / sp / "data"), shard_counts[sp], SHARD_SUFFIX)
             _ = res["dead"] | "WriteDead" >> beam.io.WriteToText(
                 str(out / ".beam_dead" / "dead"), file_name_suffix=".jsonl")
             _ = (res["stats"] | "StatsJson" >> beam.Map(json.dumps)
@@ -580,6 +587,8 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
         stop.set()
         if th is not None:
             th.join(timeout=5)
+    for sp in SPLITS:
+        fill_empty_shards(str(out / sp / "data"), shard_counts[sp], SHARD_SUFFIX)
     worker_dead = [json.loads(ln) for ln in _read_lines(out / ".beam_dead" / "dead")]
     stats_lines = _read_lines(out / ".beam_stats" / "stats")
     stats = json.loads(stats_lines[0]) if stats_lines else dict(EMPTY_STATS)

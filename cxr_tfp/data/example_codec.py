@@ -71,3 +71,62 @@ def serialize(rec: F.ExampleRecord) -> bytes:
     if os.environ.get("CXR_TFP_EXAMPLE_CODEC", "").lower() == "tensorflow":
         return F.to_example(rec).SerializeToString()
     return serialize_features(example_features(rec))
+
+
+def _read_varint(buf: bytes, pos: int) -> Tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes):
+    """``(field number, wire type, value)`` of a protobuf message (value: bytes for length-delimited)."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _read_varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 2:
+            n, pos = _read_varint(buf, pos)
+            yield number, wire, buf[pos:pos + n]
+            pos += n
+        elif wire == 0:
+            v, pos = _read_varint(buf, pos)
+            yield number, wire, v
+        elif wire == 5:
+            yield number, wire, buf[pos:pos + 4]
+            pos += 4
+        elif wire == 1:
+            yield number, wire, buf[pos:pos + 8]
+            pos += 8
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def bytes_feature(serialized: bytes, name: str) -> bytes:
+    """The first value of bytes feature ``name`` in a serialized tf.Example (TensorFlow-free)."""
+    want = name.encode("utf-8")
+    for n1, _, features in _fields(serialized):            # Example.features
+        if n1 != 1:
+            continue
+        for n2, _, entry in _fields(features):              # Features.feature map entries
+            if n2 != 1:
+                continue
+            key, value = None, None
+            for n3, _, v in _fields(entry):
+                if n3 == 1:
+                    key = v
+                elif n3 == 2:
+                    value = v
+            if key != want or value is None:
+                continue
+            for n4, _, blist in _fields(value):             # Feature.bytes_list
+                if n4 == 1:
+                    for n5, _, v in _fields(blist):
+                        if n5 == 1:
+                            return bytes(v)
+    raise KeyError(f"no bytes feature {name!r} in the example")

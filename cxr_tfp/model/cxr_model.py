@@ -24,11 +24,9 @@ import tensorflow as tf
 from cxr_tfp import features as F
 from cxr_tfp.labels import FINDINGS, resolve_vocabulary
 from cxr_tfp.model.backbones import build_backbone
+from cxr_tfp.weights import DEFAULT_SCALING
 from cxr_tfp.model.latent_head import (LatentHead, annotation_to_grid, combine_annotation,
                                        kl_diag_gaussians)
-
-# Rough CXR intensity statistics in [0, 1] (standardise before the backbone).
-_MEAN, _STD = 0.5, 0.25
 
 
 def scale_loss_for_distribution(loss):
@@ -69,7 +67,9 @@ class CxrModel(keras.Model):
                  prior_bce: float = 0.0, posterior_attention: bool = False, attention_hidden: int = 0,
                  pos_weight: Optional[Sequence[float]] = None,
                  thresholds: Optional[Dict[str, float]] = None,
-                 weights: Optional[str] = None, **kwargs):
+                 weights: Optional[str] = None, precision: str = "float32",
+                 input_scale: Optional[float] = None, input_offset: Optional[float] = None,
+                 weights_source: Optional[Dict[str, Any]] = None, **kwargs):
         super().__init__(**kwargs)
         self.backbone_name = backbone
         self.image_size = int(image_size)
@@ -91,7 +91,23 @@ class CxrModel(keras.Model):
         if thresholds:
             self.thresholds.update({k: float(v) for k, v in thresholds.items()})
         self.stage = 1
-        self.backbone = build_backbone(backbone, self.image_size, self.channels, weights)
+        self.precision = str(precision)
+        self.backbone = build_backbone(backbone, self.image_size, self.channels, self.precision)
+        # Starting weights are applied once, at build; a saved model keeps only their record and
+        # input scale (reloading never re-reads or re-downloads them).
+        self.weights_source = dict(weights_source) if weights_source else None
+        scale, offset = DEFAULT_SCALING
+        if weights:
+            from cxr_tfp.weights import apply_weights
+
+            info = apply_weights(self.backbone, backbone, weights)
+            self.weights_source = info.record()
+            scale, offset = info.input_scale, info.input_offset
+        self.input_scale = float(scale if input_scale is None else input_scale)
+        self.input_offset = float(offset if input_offset is None else input_offset)
+        # The input scale the starting weights expect, a layer of the model (saved with it).
+        self.scaling = keras.layers.Rescaling(self.input_scale, self.input_offset, dtype="float32",
+                                              name="input_scaling")
         self.grid_hw = tuple(int(d) for d in self.backbone.output_shape[1:3])
         self.feature_dim = int(self.backbone.output_shape[-1])
         self.head = LatentHead(self.latent_dim, self.hidden_dim, len(self.findings),
@@ -107,11 +123,13 @@ class CxrModel(keras.Model):
 
     # ------------------------------------------------------------------ forward pieces
     def features(self, images, training: bool = False):
-        """Backbone feature map ``[B, h, w, K]`` of images ``[B, S, S, 1]`` in [0, 1]."""
-        x = (tf.cast(images, tf.float32) - _MEAN) / _STD
+        """Backbone feature map ``[B, h, w, K]`` (float32) of images ``[B, S, S, 1]`` in [0, 1]."""
+        x = self.scaling(tf.cast(images, tf.float32))
         if self.channels == 3:
             x = tf.tile(x, [1, 1, 1, 3])
-        return self.backbone(x, training=training)
+        # Under a mixed policy the backbone computes in float16/bfloat16; the TFP head, the KL and
+        # the loss stay float32.
+        return tf.cast(self.backbone(x, training=training), tf.float32)
 
     def annotation_grid(self, annotation):
         """The annotation ``[B, S, S, 2]`` area-downsampled to the feature grid ``[B, h, w, 2]``."""
@@ -298,7 +316,8 @@ class CxrModel(keras.Model):
         x, y = data[0], data[1]
         with tf.GradientTape() as tape:
             loss, bce, kl = self.compute_losses(x, y, training=True)
-            scaled = scale_loss_for_distribution(loss)
+            # Loss scaling under mixed_float16 (a LossScaleOptimizer; identity for other optimizers).
+            scaled = self.optimizer.scale_loss(scale_loss_for_distribution(loss))
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
@@ -326,6 +345,8 @@ class CxrModel(keras.Model):
             "prior_kl": self.prior_kl, "prior_bce": self.prior_bce,
             "posterior_attention": self.posterior_attention, "attention_hidden": self.attention_hidden,
             "pos_weight": self.pos_weight, "thresholds": dict(self.thresholds),
+            "precision": self.precision, "input_scale": self.input_scale,
+            "input_offset": self.input_offset, "weights_source": self.weights_source,
         }
 
     @classmethod
@@ -345,7 +366,7 @@ def build_model(config) -> CxrModel:
                     prior_kl=config.prior_kl, prior_bce=config.stage2_prior_bce,
                     posterior_attention=config.posterior_attention,
                     attention_hidden=config.attention_hidden,
-                    weights=config.weights, name="cxr_model")
+                    weights=config.weights, precision=config.precision, name="cxr_model")
 
 
 def load_model(path: str) -> CxrModel:

@@ -277,6 +277,3 @@ def occlusion(model, images: np.ndarray, finding_index: int, patch: Optional[int
 
 
 METHODS = {"gradcam": grad_cam, "occlusion": occlusion, "attention": attention_map}
-METHOD_NAMES = {"gradcam": "Grad-CAM (backbone's last block)",
-                "occlusion": "occlusion sensitivity (no gradients)",
-                "attention": "prior attention (no gradients; the same for every finding)"}

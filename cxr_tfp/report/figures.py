@@ -154,68 +154,93 @@ def _outline(ax, mask: np.ndarray, color: str) -> None:
 
 
 def saliency_figure(examples: Sequence, name: str, path: Path, gaze_level: float = 0.5,
-                    per_row: int = 3) -> Path:
-    """Per example, two panels: the image with expert gaze (heat, cyan half-peak contour) and boxes
-    (green); the image with Grad-CAM (x marks its peak) and the boxes again."""
+                    per_row: int = 2, method_names: Optional[Dict[str, str]] = None) -> Path:
+    """Per example: the image with expert gaze (heat, cyan half-peak contour) and boxes (green), then
+    one panel per saliency method (x marks its peak) with the boxes again."""
     n = max(len(examples), 1)
+    methods = list(examples[0].maps) if examples and getattr(examples[0], "maps", None) else ["saliency"]
+    names = method_names or {}
+    width = 1 + len(methods)
     per_row = max(1, min(per_row, n))
     nrows = math.ceil(n / per_row)
-    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(2.6 * 2 * per_row, 2.9 * nrows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(nrows, width * per_row, figsize=(2.6 * width * per_row, 2.9 * nrows + 0.5),
+                             squeeze=False)
     flat = axes.ravel()
     for ax in flat:
         ax.axis("off")
     if not examples:
         _note(flat[0], "no examples with saliency")
     for k, ex in enumerate(examples):
-        a0, a1 = flat[2 * k], flat[2 * k + 1]
-        for ax in (a0, a1):
+        panels = flat[width * k:width * (k + 1)]
+        for ax in panels:
             ax.axis("on")
             ax.imshow(ex.image, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
+        a0 = panels[0]
         parts = []
         if ex.gaze is not None and ex.gaze.max() > 0:
             a0.imshow(np.ma.masked_less(ex.gaze, 0.05 * ex.gaze.max()), cmap="magma", alpha=0.4)
             _outline(a0, ex.gaze >= gaze_level * ex.gaze.max(), "cyan")
             parts.append("gaze")
+        label = "unknown" if ex.label is None else ("pos" if ex.label > 0.5 else "neg")
+        a0.set_title(f"#{k + 1} {ex.finding} p={ex.probability:.2f} ({label})\nexpert: "
+                     + ("+".join(parts + (["boxes"] if ex.boxes is not None else [])) or "none"), fontsize=7)
+        maps = getattr(ex, "maps", None) or {"saliency": ex.saliency}
+        for ax, meth in zip(panels[1:], methods):
+            m = maps[meth]
+            if ex.boxes is not None:
+                _outline(ax, ex.boxes, "lime")
+            ax.imshow(m, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+            iy, ix = np.unravel_index(int(np.argmax(m)), m.shape)
+            ax.plot([ix], [iy], marker="x", color="white", ms=8, mew=2)
+            ax.set_title(names.get(meth, meth).split(" (")[0], fontsize=8)
         if ex.boxes is not None:
             _outline(a0, ex.boxes, "lime")
-            _outline(a1, ex.boxes, "lime")
-            parts.append("boxes")
-        a0.set_title(f"#{k + 1} expert: " + ("+".join(parts) if parts else "none"), fontsize=8)
-        a1.imshow(ex.saliency, cmap="jet", alpha=0.35, vmin=0, vmax=1)
-        iy, ix = np.unravel_index(int(np.argmax(ex.saliency)), ex.saliency.shape)
-        a1.plot([ix], [iy], marker="x", color="white", ms=8, mew=2)
-        label = "unknown" if ex.label is None else ("pos" if ex.label > 0.5 else "neg")
-        a1.set_title(f"{ex.finding} p={ex.probability:.2f} ({label})", fontsize=8)
-    return _save(fig, path, f"Saliency examples: {name}. Left: expert gaze (cyan: half-peak) and boxes "
-                            f"(green); right: Grad-CAM, x = peak")
+    return _save(fig, path, f"Saliency examples: {name}. First panel: expert gaze (cyan: half-peak) and boxes "
+                            f"(green); then each method's map, x = peak")
 
 
 def agreement_figure(results: Sequence[Dict], names: Sequence[str], path: Path) -> Optional[Path]:
-    """Pointing-game hit rate and top-k precision against chance, per annotation type and model."""
+    """Pointing-game hit rate and top-k share (95% intervals) against chance, per method, annotation
+    type and model."""
     rows = []
     for res, name in zip(results, names):
         sal = res["saliency"]
         if not sal.get("available"):
             continue
-        for kind in ("boxes", "gaze"):
-            a = sal[kind]
-            if a["n"]:
-                rows.append((f"{name}\n{kind} (n={a['n']})", a["pointing_hit_rate"], a["topk_precision"], a["topk_chance"]))
+        mnames = sal.get("method_names") or {}
+        for meth in sal.get("methods") or ["gradcam"]:
+            entry = sal["by_method"][meth] if sal.get("by_method") else sal
+            for kind in ("boxes", "gaze"):
+                a = entry[kind]
+                if a["n"]:
+                    rows.append((f"{name}\n{mnames.get(meth, meth).split(' (')[0]}\n{kind} "
+                                 f"(n={a['n']}, {a.get('n_patients', '?')} pat.)", a))
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(max(6.5, 2.2 * len(rows)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.5, 2.0 * len(rows)), 4.4))
     x = np.arange(len(rows))
-    b1 = ax.bar(x - 0.2, [r[1] for r in rows], 0.4, label="pointing-game hit rate", color=COLORS[0])
-    b2 = ax.bar(x + 0.2, [r[2] for r in rows], 0.4, label=f"top-{results[0]['saliency']['k'] * 100:g}% saliency inside region",
-                color=COLORS[2])
-    for bars in (b1, b2):
+
+    def err(a, key, lo, hi):
+        v = a[key]
+        if a.get(lo) is None or a.get(hi) is None:
+            return [0.0], [0.0]
+        return [v - a[lo]], [a[hi] - v]
+
+    for off, key, lo, hi, color, label in (
+            (-0.2, "pointing_hit_rate", "hit_ci_low", "hit_ci_high", COLORS[0], "pointing-game hit rate"),
+            (0.2, "topk_precision", "topk_ci_low", "topk_ci_high", COLORS[2],
+             f"top-{results[0]['saliency']['k'] * 100:g}% saliency inside region")):
+        vals = [a[key] for _, a in rows]
+        yerr = np.array([np.concatenate(err(a, key, lo, hi)) for _, a in rows]).T
+        bars = ax.bar(x + off, vals, 0.4, label=label, color=color, yerr=yerr, capsize=3,
+                      error_kw={"lw": 0.9})
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
-    ax.scatter(x + 0.2, [r[3] for r in rows], marker="_", s=400, color="black", zorder=3,
+    ax.scatter(x + 0.2, [a["topk_chance"] for _, a in rows], marker="_", s=400, color="black", zorder=3,
                label="chance (region's share of image)")
-    ax.set_xticks(x, [r[0] for r in rows], fontsize=8)
-    ax.set(ylim=(0, 1.45), ylabel="fraction", yticks=np.linspace(0, 1, 6))
+    ax.set_xticks(x, [r[0] for r in rows], fontsize=7)
+    ax.set(ylim=(0, 1.45), ylabel="fraction (95% interval)", yticks=np.linspace(0, 1, 6))
     ax.legend(fontsize=7, loc="upper left", ncol=1, frameon=False)
     return _save(fig, path, "Saliency agreement with expert annotations")
 
@@ -235,7 +260,9 @@ def draw_all(preds: Sequence, result: Dict, out_dir: Path) -> Dict[str, object]:
     figs["saliency_examples"] = []
     for k, (pred, name) in enumerate(zip(preds, names)):
         if pred.saliency_reason is None:
-            p = saliency_figure(pred.examples, name, out_dir / f"saliency_examples_{'ab'[k] if len(preds) > 1 else 'model'}.png")
+            p = saliency_figure(pred.examples, name,
+                                out_dir / f"saliency_examples_{'ab'[k] if len(preds) > 1 else 'model'}.png",
+                                method_names=result["models"][k]["saliency"].get("method_names"))
             figs["saliency_examples"].append(p.name)
         else:
             figs["saliency_examples"].append(None)

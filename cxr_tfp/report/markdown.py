@@ -75,6 +75,21 @@ def _p(c: Dict) -> str:
     return f"p = {c['p_value']:.3f}"
 
 
+def _pct_ci(v: Optional[float], lo: Optional[float], hi: Optional[float]) -> str:
+    if v is None:
+        return NA
+    if lo is None or hi is None:
+        return pct(v)
+    return f"{pct(v)} ({pct(lo)}-{pct(hi)})"
+
+
+def _hit(a: Dict) -> str:
+    """Hits / images, rate and its Wilson interval."""
+    if not a["n"]:
+        return NA
+    return f"{a['hits']}/{a['n']} = " + _pct_ci(a["pointing_hit_rate"], a.get("hit_ci_low"), a.get("hit_ci_high"))
+
+
 def _img(lines: List[str], alt: str, name: Optional[str]) -> None:
     if name:
         lines += [f"![{alt}]({name})", ""]
@@ -101,22 +116,33 @@ def render(result: Dict) -> str:
     # ---------------------------------------------------------------- summary
     L += ["## Summary", ""]
     refer = 0.1 if any(abs(f - 0.1) < 1e-9 for f in first["referral"]["fractions"]) else None
-    header = ["Model", "Macro AUROC (95% CI)", "Micro AUROC (95% CI)", "Macro AP", "Macro ECE",
-              "Mean sensitivity", "Mean specificity"]
+    header = ["Model", "Macro AUROC (95% CI)", "Micro AUROC (95% CI)", "Macro AP (95% CI)",
+              "Macro ECE (95% CI)", "Mean sensitivity (95% CI)", "Mean specificity (95% CI)"]
     if refer is not None:
         header.append("Macro AUROC, 10% referred")
     rows = []
     for m, tag in zip(models, "AB"):
         mac, mic = m["macro"], m["micro"]
         row = [f"{tag}: {m['name']}", with_ci(mac["auroc"], mac["ci_low"], mac["ci_high"]),
-               with_ci(mic["auroc"], mic["ci_low"], mic["ci_high"]), fmt(mac["average_precision"]),
-               fmt(mac["ece"]), fmt(mac["sensitivity"]), fmt(mac["specificity"])]
+               with_ci(mic["auroc"], mic["ci_low"], mic["ci_high"])]
+        row += [with_ci(mac[k], mac.get(f"{k}_ci_low"), mac.get(f"{k}_ci_high"))
+                for k in ("average_precision", "ece", "sensitivity", "specificity")]
         if refer is not None:
             row.append(fmt(_referral_at(m, refer)))
         rows.append(row)
     L += _table(header, rows)
-    L += ["Macro AUROC, AP, ECE, sensitivity and specificity each average the findings where that value is "
-          "defined; micro AUROC pools all known (image, finding) pairs.", ""]
+    L += [f"On {first['n_images']} images from {first['n_patients']} patients. Macro AUROC, AP, ECE, "
+          "sensitivity and specificity each average the findings where that value is "
+          "defined; micro AUROC pools all known (image, finding) pairs. The AUROC after referral is a "
+          "point estimate (no interval).", ""]
+    for m in models:
+        few = (m.get("few_positives") or {}).get("findings") or []
+        if few:
+            n_min = m["few_positives"]["min_positives"]
+            L += [f"**Warning ({m['name']}): fewer than {n_min} positives** for "
+                  + ", ".join(f"{f} ({m['per_finding'][f]['positives']})" for f in few)
+                  + ": their AUROC, sensitivity and calibration rest on too few cases to be read on their "
+                    "own (see the width of their intervals).", ""]
     for m in models:
         undefined = [f for f, pf in m["per_finding"].items() if pf["auroc"] is None]
         if undefined:
@@ -145,7 +171,9 @@ def render(result: Dict) -> str:
             na = _why(pf)
             sens_na = "n/a (no positives)" if pf["positives"] == 0 else ("n/a (no threshold)" if pf["threshold"] is None else NA)
             spec_na = "n/a (no negatives)" if pf["negatives"] == 0 else ("n/a (no threshold)" if pf["threshold"] is None else NA)
-            rows.append([f, str(pf["positives"]), str(pf["negatives"]), str(pf["unknown"]),
+            few = 0 < pf["positives"] < ((m.get("few_positives") or {}).get("min_positives") or 0)
+            rows.append([f + (" (warning: few positives)" if few else ""), str(pf["positives"]),
+                         str(pf["negatives"]), str(pf["unknown"]),
                          with_ci(pf["auroc"], pf["auroc_ci_low"], pf["auroc_ci_high"], na),
                          fmt(pf["average_precision"], na="n/a (no positives)" if pf["positives"] == 0 else NA),
                          fmt(pf["threshold"], na="n/a (none on threshold split)"),
@@ -154,11 +182,14 @@ def render(result: Dict) -> str:
                          fmt(pf["ece"], na="n/a (no known labels)")])
         L += _table(["Finding", "Pos", "Neg", "Unknown", "AUROC (95% CI)", "AP", "Threshold", "Sensitivity",
                      "Specificity", "PPV", "ECE"], rows)
+    L += [f"Curves below: all {first['n_images']} images from {first['n_patients']} patients of the split "
+          "(per finding: the images with a known label; n+ in each panel title).", ""]
     _img(L, "ROC curves per finding", figs.get("roc"))
     _img(L, "Precision-recall curves per finding", figs.get("pr"))
 
     # ---------------------------------------------------------------- calibration
     L += ["## Calibration", "",
+          f"On {first['n_images']} images from {first['n_patients']} patients. "
           f"Expected calibration error over {result['calibration_bins']} equal-width probability bins "
           "(per-finding values in the table above). A point below the diagonal means the model "
           "over-estimates the probability in that bin.", ""]
@@ -168,7 +199,8 @@ def render(result: Dict) -> str:
     L += ["## Uncertainty: referring the most uncertain cases", "",
           "Uncertainty is the standard deviation of the predicted probability over latent samples. Per "
           "finding, the given share of cases with the highest uncertainty is referred to a radiologist and "
-          "AUROC is recomputed on the cases the model keeps. A useful uncertainty raises AUROC as more is referred.", ""]
+          "AUROC is recomputed on the cases the model keeps. A useful uncertainty raises AUROC as more is referred. "
+          f"On {first['n_images']} images from {first['n_patients']} patients; point estimates without intervals.", ""]
     fr = first["referral"]["fractions"]
     header = ["Model"] + [f"{100 * f:g}% referred" for f in fr]
     L += _table(header, [[f"{tag}: {m['name']}"] + [fmt(r["auroc"]) for r in m["referral"]["macro_auroc"]]
@@ -190,24 +222,35 @@ def render(result: Dict) -> str:
         if not sal.get("available"):
             L += [f"{tag}: {m['name']}: saliency not available. {sal.get('reason') or ''}", ""]
             continue
-        L += [f"{tag}: {m['name']}: {sal['method']}, computed for the positive finding the model rates "
-              "highest on each annotated image with at least one known positive.", ""]
+        names = sal.get("method_names") or {"gradcam": sal["method"]}
+        n_img = max((sal["by_method"][meth][kind]["n"] for meth in sal.get("methods", []) for kind in ("boxes", "gaze")),
+                    default=0) if sal.get("by_method") else max(sal["boxes"]["n"], sal["gaze"]["n"])
+        L += [f"{tag}: {m['name']}: " + "; ".join(names.values()) + ". Computed for the positive finding the "
+              "model rates highest on each annotated image with at least one known positive "
+              f"(up to {n_img} images per annotation kind; the table gives images and patients per row).", ""]
         _img(L, f"Saliency examples ({m['name']})", ex)
-        for kind in ("boxes", "gaze"):
-            a = sal[kind]
-            agreement_rows.append([f"{tag}: {m['name']}", kind, "all", str(a["n"]), pct(a["pointing_hit_rate"]),
-                                   pct(a["topk_precision"]), pct(a["topk_chance"]), fmt(a["topk_iou"])])
-            for f, af in a["per_finding"].items():
-                agreement_rows.append(["", kind, f, str(af["n"]), pct(af["pointing_hit_rate"]),
-                                       pct(af["topk_precision"]), pct(af["topk_chance"]), fmt(af["topk_iou"])])
+        for meth in sal.get("methods") or ["gradcam"]:
+            entry = sal["by_method"][meth] if sal.get("by_method") else sal
+            for kind in ("boxes", "gaze"):
+                a = entry[kind]
+                agreement_rows.append([f"{tag}: {m['name']}", names.get(meth, meth).split(" (")[0], kind, "all",
+                                       f"{a['n']} / {a.get('n_patients', 'n/a')}", _hit(a),
+                                       _pct_ci(a["topk_precision"], a.get("topk_ci_low"), a.get("topk_ci_high")),
+                                       pct(a["topk_chance"]), fmt(a["topk_iou"])])
+                for f, af in a["per_finding"].items():
+                    agreement_rows.append(["", "", kind, f, f"{af['n']} / {af.get('n_patients', 'n/a')}", _hit(af),
+                                           _pct_ci(af["topk_precision"], af.get("topk_ci_low"), af.get("topk_ci_high")),
+                                           pct(af["topk_chance"]), fmt(af["topk_iou"])])
     if agreement_rows:
         k = next(m["saliency"]["k"] for m in models if m["saliency"].get("available"))
-        L += [f"Agreement over all annotated test images. Pointing game: the saliency peak lies inside the "
-              f"expert region (boxes; gaze above half its peak). Top-{100 * k:g}%: share of the most salient "
-              "pixels inside the region; chance is the region's share of the image (what a random map scores). "
-              "n/a: no annotated image of that kind.", ""]
-        L += _table(["Model", "Annotation", "Finding", "Images", "Pointing-game hits", f"Top-{100 * k:g}% inside",
-                     "Chance", f"Top-{100 * k:g}% IoU"], agreement_rows, "lllrrrrr")
+        L += [f"Agreement over all annotated images of the split. Pointing game: the map's peak lies inside the "
+              f"expert region (boxes; gaze above half its peak); 95% Wilson interval. Top-{100 * k:g}%: share of "
+              "the most salient pixels inside the region, 95% patient-bootstrap interval; chance is the region's "
+              "share of the image (what a random map scores). A random peak hits with about the chance rate too. "
+              "n/a: no annotated image of that kind. Fewer than 10 images: read as anecdotes.", ""]
+        L += _table(["Model", "Method", "Annotation", "Finding", "Images / patients", "Pointing-game hits (95% CI)",
+                     f"Top-{100 * k:g}% inside (95% CI)", "Chance", f"Top-{100 * k:g}% IoU"], agreement_rows,
+                    "llllrrrrr")
         _img(L, "Saliency agreement", figs.get("saliency_agreement"))
 
     # ---------------------------------------------------------------- method

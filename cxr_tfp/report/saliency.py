@@ -6,6 +6,11 @@ saliency map of the positive finding the model rates highest (what the expert ma
 of a finding that is present) and records the map's agreement with the box mask and with the gaze
 heatmap (above ``gaze_level`` of its peak): the pointing game and the top-k share. A few images are
 kept for the report's figure. :func:`agreement_summary` aggregates the records for metrics.json.
+
+Several methods can be scored side by side (``methods``; the first is the primary one, drawn first):
+Grad-CAM, occlusion sensitivity and the prior's attention map for a Keras model (see
+:mod:`cxr_tfp.model.saliency`). One method alone proves little; agreement across a gradient-based
+and a gradient-free method is stronger evidence of where the model looks.
 """
 from __future__ import annotations
 
@@ -17,6 +22,10 @@ import numpy as np
 from cxr_tfp import metrics as M
 
 ANNOTATION_KINDS = ("boxes", "gaze")
+# How the report names each method (keys: :data:`cxr_tfp.model.saliency.METHODS`).
+METHOD_NAMES = {"gradcam": "Grad-CAM (backbone's last block)",
+                "occlusion": "occlusion sensitivity (no gradients)",
+                "attention": "prior attention (no gradients; the same for every finding)"}
 
 
 @dataclasses.dataclass
@@ -24,13 +33,14 @@ class SaliencyExample:
     """One image kept for the saliency figure (maps at the model's input size)."""
 
     image: np.ndarray
-    saliency: np.ndarray
+    saliency: np.ndarray       # the primary method's map
     gaze: Optional[np.ndarray]
     boxes: Optional[np.ndarray]
     finding: str
     probability: float
     label: Optional[float]     # None when unknown
     annotated: bool
+    maps: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)   # every method's map
 
 
 def resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
@@ -46,8 +56,15 @@ class SaliencyCollector:
     """Saliency maps and their agreement records over the batches of one split (see module doc)."""
 
     def __init__(self, adapter, findings: Sequence[str], size: int, *, max_saliency: Optional[int] = None,
-                 n_examples: int = 6, gaze_level: float = 0.5, top_k: float = 0.1):
+                 n_examples: int = 6, gaze_level: float = 0.5, top_k: float = 0.1,
+                 methods: Optional[Sequence[str]] = None):
         self.adapter = adapter
+        available = tuple(getattr(adapter, "saliency_methods", ("gradcam",)))
+        self.methods = tuple(methods) if methods else available
+        unknown = [m for m in self.methods if m not in available]
+        if unknown:
+            raise ValueError(f"saliency methods {unknown} not available for {adapter.name} "
+                             f"(available: {', '.join(available)})")
         self.findings = tuple(findings)
         self.size = int(size)
         self.max_saliency = max_saliency
@@ -65,7 +82,8 @@ class SaliencyCollector:
         return (self._annotated + self._filler)[:self.n_examples]
 
     def add_batch(self, images: np.ndarray, annotation: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-                  probs: np.ndarray, has_gaze: np.ndarray, has_boxes: np.ndarray) -> None:
+                  probs: np.ndarray, has_gaze: np.ndarray, has_boxes: np.ndarray,
+                  patients: Optional[Sequence[str]] = None) -> None:
         """Compute saliency for the batch's eligible images and record their agreement."""
         positive = (labels > 0.5) & (mask > 0.5)
         targets: Dict[int, List[int]] = {}
@@ -79,21 +97,25 @@ class SaliencyCollector:
                 j = int(np.argmax(probs[i]))
                 targets.setdefault(j, []).append(i)
         for j, rows in targets.items():
-            sal = resize_maps(np.asarray(self.adapter.saliency(images[rows], j), np.float64), self.size)
-            for r, s in zip(rows, sal):
+            maps = {m: resize_maps(np.asarray(self.adapter.saliency(images[rows], j, method=m), np.float64),
+                                   self.size) for m in self.methods}
+            for n, r in enumerate(rows):
                 gaze = annotation[r, :, :, 0] if has_gaze[r] else None
                 boxes = annotation[r, :, :, 1] if has_boxes[r] else None
-                ex = SaliencyExample(image=images[r, :, :, 0], saliency=s, gaze=gaze, boxes=boxes,
-                                     finding=self.findings[j], probability=float(probs[r, j]),
+                mine = {m: v[n] for m, v in maps.items()}
+                ex = SaliencyExample(image=images[r, :, :, 0], saliency=mine[self.methods[0]], gaze=gaze,
+                                     boxes=boxes, finding=self.findings[j], probability=float(probs[r, j]),
                                      label=float(labels[r, j]) if mask[r, j] > 0.5 else None,
-                                     annotated=bool(has_gaze[r] or has_boxes[r]))
+                                     annotated=bool(has_gaze[r] or has_boxes[r]), maps=mine)
                 if not ex.annotated:
                     self._filler.append(ex)
                     continue
                 if len(self._annotated) < self.n_examples:
                     self._annotated.append(ex)
-                self.agreement.extend(agreement_records(s, gaze, boxes, self.findings[j], self.gaze_level,
-                                                        self.top_k))
+                patient = str(patients[r]) if patients is not None else f"image{self._n}-{r}"
+                for m, v in mine.items():
+                    for rec in agreement_records(v, gaze, boxes, self.findings[j], self.gaze_level, self.top_k):
+                        self.agreement.append({**rec, "method": m, "patient": patient})
 
 
 def agreement_records(saliency: np.ndarray, gaze: Optional[np.ndarray], boxes: Optional[np.ndarray],
@@ -109,22 +131,44 @@ def agreement_records(saliency: np.ndarray, gaze: Optional[np.ndarray], boxes: O
     return out
 
 
-def agreement_summary(records: List[Dict[str, object]], k: float) -> Dict[str, object]:
-    """Hit rate, top-k precision / IoU and chance per annotation kind, overall and per finding."""
+def agreement_summary(records: List[Dict[str, object]], k: float, n_resamples: int = 1000, seed: int = 0,
+                      alpha: float = 0.05) -> Dict[str, object]:
+    """Per method and annotation kind: hit rate and top-k precision / IoU with intervals, and chance.
+
+    Intervals: Wilson for the pointing-game hit rate (a proportion of images), patient-level
+    bootstrap for the mean top-k share. ``by_method`` holds every method; the top-level ``boxes`` /
+    ``gaze`` entries repeat the first (primary) method's.
+    """
     def agg(rs):
         if not rs:
-            return {"n": 0, "hits": 0, "pointing_hit_rate": None, "topk_precision": None,
+            return {"n": 0, "n_patients": 0, "hits": 0, "pointing_hit_rate": None, "hit_ci_low": None,
+                    "hit_ci_high": None, "topk_precision": None, "topk_ci_low": None, "topk_ci_high": None,
                     "topk_iou": None, "topk_chance": None}
-        return {"n": len(rs), "hits": int(sum(r["hit"] for r in rs)),
-                "pointing_hit_rate": float(np.mean([r["hit"] for r in rs])),
-                "topk_precision": float(np.mean([r["precision"] for r in rs])),
+        hits = int(sum(bool(r["hit"]) for r in rs))
+        lo, hi = M.wilson_interval(hits, len(rs), alpha)
+        prec = [float(r["precision"]) for r in rs]
+        groups = [str(r.get("patient", i)) for i, r in enumerate(rs)]
+        plo, phi = M.weighted_mean_ci(prec, groups, n_resamples, seed, alpha)
+        return {"n": len(rs), "n_patients": len(set(groups)), "hits": hits,
+                "pointing_hit_rate": hits / len(rs), "hit_ci_low": lo, "hit_ci_high": hi,
+                "topk_precision": float(np.mean(prec)), "topk_ci_low": plo, "topk_ci_high": phi,
                 "topk_iou": float(np.mean([r["iou"] for r in rs])),
                 "topk_chance": float(np.mean([r["chance"] for r in rs]))}
 
-    out: Dict[str, object] = {"k": k}
-    for kind in ANNOTATION_KINDS:
-        rs = [r for r in records if r["type"] == kind]
-        out[kind] = agg(rs)
-        out[kind]["per_finding"] = {f: agg([r for r in rs if r["finding"] == f])
-                                    for f in sorted({r["finding"] for r in rs})}
-    return out
+    methods: List[str] = []
+    for r in records:
+        m = str(r.get("method", "gradcam"))
+        if m not in methods:
+            methods.append(m)
+    by_method: Dict[str, object] = {}
+    for m in methods or ["gradcam"]:
+        mine = [r for r in records if str(r.get("method", "gradcam")) == m]
+        entry: Dict[str, object] = {}
+        for kind in ANNOTATION_KINDS:
+            rs = [r for r in mine if r["type"] == kind]
+            entry[kind] = agg(rs)
+            entry[kind]["per_finding"] = {f: agg([r for r in rs if r["finding"] == f])
+                                          for f in sorted({r["finding"] for r in rs})}
+        by_method[m] = entry
+    primary = next(iter(by_method.values()))
+    return {"k": k, "methods": list(by_method), "by_method": by_method, **primary}

@@ -87,7 +87,8 @@ def dicom_with(arr=None, **header) -> bytes:
     from tests.io.dicom_factory import make_dicom, ramp
 
     base = {k: header.pop(k) for k in list(header) if k in ("patient_id", "patient_name", "modality",
-                                                             "body_part", "view", "photometric")}
+                                                             "body_part", "view", "photometric",
+                                                             "samples_per_pixel")}
     raw = make_dicom(ramp() if arr is None else arr, **base)
     if not header:
         return raw

@@ -81,8 +81,9 @@ def test_empty_eval_split_is_refused(data, tmp_path, capsys):
 def test_a_finding_without_positive_is_a_warning(data, tmp_path):
     from cxr_tfp.train import check_useful
 
-    scan = {"num_examples": 4, "known": np.ones(2), "positives": np.array([3.0, 0.0])}
-    assert check_useful(["A", "B"], scan, 2, "t", "e") == [
+    scan = {"num_examples": 4, "known": np.array([4.0, 4.0, 0.0]), "positives": np.array([3.0, 0.0, 0.0])}
+    assert check_useful(["A", "B", "C"], scan, 2, "t", "e") == [
+        "no training example has a known label for C: it is not learnt",
         "no positive training example for B: the model cannot learn it"]
 
 
@@ -149,12 +150,12 @@ def test_kill_9_during_training_resumes_and_finishes(data, tmp_path):
     p = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 300 and p.poll() is None:
-        if list((out / "checkpoints").rglob("*.index")):
+        if list((out / "checkpoints").rglob("checkpoint")):  # written once a checkpoint is complete
             break
         time.sleep(0.02)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert list((out / "checkpoints").rglob("*.index")), p.stderr.read().decode()[-2000:]
+    assert list((out / "checkpoints").rglob("checkpoint")), p.stderr.read().decode()[-2000:]
     assert not (out / "model.keras").exists()
     q = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert q.returncode == 0, q.stderr[-3000:]

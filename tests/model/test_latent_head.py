@@ -133,7 +133,7 @@ def test_grad_cam_shape_and_range():
 
 
 @pytest.mark.parametrize("backbone, grid", [("densenet121", 2), ("resnet50", 2)])
-def test_keras_cv_backbones_build_offline(backbone, grid):
+def test_keras_hub_backbones_build_offline(backbone, grid):
     model = build_model(tiny_cfg(backbone=backbone, image_size=64))
     assert model.grid_hw == (grid, grid)
     out = model.predict_with_uncertainty(np.zeros((1, 64, 64, 1), np.float32))
@@ -147,7 +147,7 @@ def test_three_channel_input_and_weights_file(tmp_path):
     dst = build_model(tiny_cfg(channels=3, weights=path, seed=9))
     for a, b in zip(src.backbone.get_weights(), dst.backbone.get_weights()):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(FileNotFoundError, match="weights"):
+    with pytest.raises(ValueError, match="weights: file not found"):
         build_model(tiny_cfg(weights=str(tmp_path / "nope.weights.h5")))
 
 

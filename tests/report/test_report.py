@@ -114,3 +114,41 @@ def test_formatting_helpers():
     assert MD.with_ci(0.8, 0.7, 0.9) == "0.800 (0.700-0.900)"
     assert MD.with_ci(None, None, None, "n/a (no positives)") == "n/a (no positives)"
     assert MD.pct(0.5) == "50.0%"
+
+
+def test_report_states_its_limits():
+    """Images and patients per figure, intervals on the headline numbers, a warning under 10 positives."""
+    pred = _pred(0, 0.6)
+    pred.labels[:, 0] = 0.0
+    pred.labels[:4, 0] = 1.0                       # Effusion: 4 positives
+    res = _result([pred], names=("A",))
+    m = res["models"][0]
+    assert m["few_positives"]["findings"] == ["Effusion"] and m["few_positives"]["min_positives"] == 10
+    text = MD.render(res)
+    assert "**Warning (A): fewer than 10 positives** for Effusion (4)" in text
+    assert "| Effusion (warning: few positives) |" in text
+    assert text.count(f"{m['n_images']} images from {m['n_patients']} patients") >= 4   # summary + figures
+    mac = m["macro"]
+    for key in ("average_precision", "ece", "sensitivity", "specificity"):
+        lo, hi = mac[f"{key}_ci_low"], mac[f"{key}_ci_high"]
+        assert lo is not None and lo <= mac[key] + 1e-9 and mac[key] <= hi + 1e-9
+        assert f"{mac[key]:.3f} ({lo:.3f}-{hi:.3f})" in text
+    sal = m["saliency"]["boxes"]
+    assert sal["n_patients"] == 2 and sal["hit_ci_low"] < 0.5 < sal["hit_ci_high"]
+    assert "1/2 = 50.0% (" in text and "| 2 / 2 |" in text   # records without a patient: one each
+
+
+def test_agreement_per_method_with_intervals():
+    from cxr_tfp.report.saliency import agreement_summary
+
+    recs = [{"type": "boxes", "finding": "Mass", "hit": i % 2 == 0, "precision": 0.1 * i, "iou": 0.0,
+             "chance": 0.1, "method": meth, "patient": f"p{i // 2}"} for meth in ("gradcam", "occlusion")
+            for i in range(6)]
+    recs[0]["hit"] = False                          # gradcam: 2/6 hits, occlusion: 3/6
+    s = agreement_summary(recs, 0.1, n_resamples=200)
+    assert s["methods"] == ["gradcam", "occlusion"]
+    assert s["boxes"]["hits"] == 2 and s["by_method"]["occlusion"]["boxes"]["hits"] == 3
+    o = s["by_method"]["occlusion"]["boxes"]
+    assert o["n"] == 6 and o["n_patients"] == 3 and o["pointing_hit_rate"] == 0.5
+    assert o["topk_ci_low"] < o["topk_precision"] < o["topk_ci_high"]
+    assert s["gaze"]["n"] == 0 and s["gaze"]["hit_ci_low"] is None

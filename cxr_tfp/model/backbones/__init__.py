@@ -1,32 +1,56 @@
-"""Backbone factories: ``build_backbone(name, image_size, channels, weights)`` -> functional keras.Model.
+"""Backbone factories: ``build_backbone(name, image_size, channels, precision)`` -> keras-hub Backbone.
 
-Each backbone maps ``[S, S, C]`` images to its last spatial feature map ``[h, w, K]`` (the block
-Grad-CAM reads). keras-cv backbones are built from explicit architecture arguments (presets need a
-hub, which is unreachable); weights load from a local file only.
+Each backbone maps ``[S, S, C]`` images (already scaled, see :mod:`cxr_tfp.weights`) to its last
+spatial feature map ``[h, w, K]`` (the block Grad-CAM reads). All are ``keras_hub.models.Backbone``
+subclasses (keras-hub is where Keras' pretrained vision models are maintained), so they save to and
+load from keras-hub presets. Pretrained weights are applied by :func:`cxr_tfp.weights.apply_weights`.
 """
 from __future__ import annotations
 
-import os
-from typing import Optional
+import contextlib
+from typing import Callable, Dict
+
+# name -> "module:function"; the one list of backbones (config choices come from it).
+_FACTORIES: Dict[str, str] = {
+    "densenet121": "cxr_tfp.model.backbones.densenet:densenet121",
+    "resnet50": "cxr_tfp.model.backbones.resnet:resnet50",
+    "tiny": "cxr_tfp.model.backbones.tiny:tiny_cnn",
+    "densenet_tiny": "cxr_tfp.model.backbones.densenet:densenet_tiny",
+}
+BACKBONE_NAMES = tuple(_FACTORIES)
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-def build_backbone(name: str, image_size: int, channels: int = 1, weights: Optional[str] = None):
-    """Build backbone ``name`` (densenet121, resnet50, tiny); load ``weights`` from a local file."""
-    if name == "densenet121":
-        from cxr_tfp.model.backbones.densenet import densenet121 as fn
-    elif name == "resnet50":
-        from cxr_tfp.model.backbones.resnet import resnet50 as fn
-    elif name == "tiny":
-        from cxr_tfp.model.backbones.tiny import tiny_cnn as fn
-    else:
-        raise ValueError(f"unknown backbone {name!r}; choose densenet121, resnet50 or tiny")
-    model = fn(image_size, channels)
-    if weights:
-        if not os.path.exists(weights):
-            raise FileNotFoundError(f"backbone weights file not found: {weights}")
-        try:
-            model.load_weights(weights)
-        except Exception as exc:  # name the file: shape mismatches are the usual cause
-            raise ValueError(f"cannot load backbone weights from {weights} into {name} "
-                             f"({image_size}px, {channels} channels): {exc}") from exc
-    return model
+def _factory(name: str) -> Callable:
+    import importlib
+
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+    module, fn = _FACTORIES[name].split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Build layers under Keras policy ``precision`` (keras-hub's blocks take the global policy)."""
+    import keras
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+    saved = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(saved)
+
+
+def build_backbone(name: str, image_size: int, channels: int = 1, precision: str = "float32"):
+    """Build backbone ``name`` (randomly initialised) for ``[image_size, image_size, channels]`` input.
+
+    ``precision`` is the Keras dtype policy of the backbone's layers (variables stay float32 under
+    the mixed policies); the head of the model is built in float32 regardless.
+    """
+    fn = _factory(name)
+    with dtype_policy(precision):
+        return fn(image_size, channels)
