@@ -5,8 +5,9 @@ fingerprints the input for the cache) with a custom Beam executor. The executor 
 dataset adapter on the launcher, then applies the library's Beam graph
 (:func:`cxr_tfp.data.build.examples_transform`, the one the standalone build runs) on the
 pipeline's Beam runner with the pipeline's ``beam_pipeline_args``, and writes TFX's
-``Split-{train,eval,test}/`` layout. Splits are by patient (salted hash), as in the standalone build,
-so the records are the same, byte for byte, given the same inputs and salt.
+``Split-{train,eval,test}/`` layout with the standalone build's shard writer. Splits are by patient
+(salted hash), as in the standalone build, so the shard files are the same, byte for byte, given the
+same inputs, options and salt.
 
 Outputs besides the splits, inside the Examples artifact's folder (so the next components and the
 user find them from the artifact): ``dead_letters.jsonl`` and ``summary.json`` (the build's
@@ -140,6 +141,7 @@ class Executor(BaseExampleGenExecutor):
         import apache_beam as beam
 
         from cxr_tfp.data import build as B
+        from cxr_tfp.data.shards import fill_empty_shards, write_sorted_shards
         from cxr_tfp.privacy import salt_fingerprint
         from cxr_tfp.staging import owner_only_umask
 
@@ -168,17 +170,23 @@ class Executor(BaseExampleGenExecutor):
         try:
             with owner_only_umask():
                 shards, key = B.write_work_shards(records, cfg, scratch / "work")
+                counts = B.split_shard_counts(len(records), cfg)
+                prefixes = {sp: os.path.join(artifact_utils.get_split_uri([examples], sp), "data")
+                            for sp in SPLITS}
                 with self._make_beam_pipeline() as p:
                     res = p | "ChestXrayExamples" >> B.examples_transform(shards, key, cfg)
+                    # The standalone build's writer (not TFX's WriteSplit): shards by example-key
+                    # hash, key-sorted, so the files are the standalone build's, byte for byte.
                     for sp in SPLITS:
-                        _ = res[sp] | f"WriteSplit[{sp}]" >> write_split.WriteSplit(
-                            artifact_utils.get_split_uri([examples], sp),
-                            example_gen_pb2.FORMAT_TFRECORDS_GZIP, exec_properties)
+                        _ = res[sp] | f"WriteSplit[{sp}]" >> write_sorted_shards(
+                            prefixes[sp], counts[sp], B.SHARD_SUFFIX)
                     _ = res["dead"] | "WriteDead" >> beam.io.WriteToText(
                         str(scratch / "dead" / "dead"), file_name_suffix=".jsonl")
                     _ = (res["stats"] | "StatsJson" >> beam.Map(json.dumps)
                          | "WriteStats" >> beam.io.WriteToText(str(scratch / "stats" / "stats"),
                                                                file_name_suffix=".json", num_shards=1))
+                for sp in SPLITS:
+                    fill_empty_shards(prefixes[sp], counts[sp], B.SHARD_SUFFIX)
                 worker_dead = [json.loads(ln) for ln in B._read_lines(scratch / "dead" / "dead")]
                 stats_lines = B._read_lines(scratch / "stats" / "stats")
         finally:

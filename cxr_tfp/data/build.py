@@ -546,6 +546,11 @@ def examples_transform(shards: Sequence[str], key: bytes, cfg: ProcessConfig,
     return ChestXrayExamples()  # pylint: disable=no-value-for-parameter
 
 
+def split_shard_counts(n_records: int, cfg: ProcessConfig) -> Dict[str, int]:
+    """Shards per split, fixed from the input size (byte-reproducible output, see data/shards.py)."""
+    return {sp: num_shards(int(math.ceil(n_records * frac))) for sp, frac in zip(SPLITS, cfg.split_fractions)}
+
+
 def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_args: List[str], workers: int,
               say, show_progress: bool):
     import apache_beam as beam
@@ -564,8 +569,7 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
     progress_dir.mkdir(mode=0o700, exist_ok=True)
     mode = options.view_as(__import__("apache_beam.options.pipeline_options", fromlist=["DirectOptions"])
                            .DirectOptions).direct_running_mode if is_direct else ""
-    shard_counts = {sp: num_shards(int(math.ceil(len(records) * frac)))
-                    for sp, frac in zip(SPLITS, cfg.split_fractions)}
+    shard_counts = split_shard_counts(len(records), cfg)
     say(f"running Beam ({runner}{f', {mode}, {workers} worker(s)' if is_direct else ''}) on {len(records)} images")
     stop = threading.Event()
     th = _progress_thread(progress_dir, len(records), stop, sys.stderr) if (show_progress and is_direct) else None
