@@ -85,6 +85,7 @@ def test_first_run_blesses_and_pushes_a_servable_model(runs):
     summary = json.load(open(os.path.join(examples, "summary.json")))
     assert summary["written_per_split"] == SIZES and summary["rejected"] == 0
     assert summary["root"] == os.path.join(s.raw_root, "1") and summary["span"] == 1
+    assert summary["beam_options"] == s.beam_args      # the pipeline's beam_pipeline_args reached it
     assert os.path.isfile(os.path.join(examples, "dead_letters.jsonl"))
     assert first.blessed is True and first.pushed is True
     versions = runs["versions_after_first"]
