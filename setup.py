@@ -3,11 +3,14 @@
 Install with ``make install`` (see README: the TFX stack needs a two-step install on Python 3.11,
 so the exact pins live in ``requirements/`` and are shared with the Dockerfile).
 """
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+# The version's one home is cxr_tfp/__init__.py (read, not imported: setup must not need the deps).
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "cxr_tfp" / "__init__.py").read_text(), re.M).group(1)
 
 
 def _reqs(name: str):
@@ -17,7 +20,7 @@ def _reqs(name: str):
 
 setup(
     name="cxr-tfp",
-    version="0.1.0",
+    version=VERSION,
     description="Chest X-ray multi-label classification with a TFP latent head that integrates "
                 "expert gaze and box annotations (van Sonsbeek et al., WACV 2023).",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
@@ -33,7 +36,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "cxr-build=cxr_tfp.data.build:main",
+            "cxr-build=cxr_tfp.records.build:main",
             "cxr-train=cxr_tfp.train:main",
             "cxr-evaluate=cxr_tfp.evaluate:main",
             "cxr-client=cxr_tfp.client:main",

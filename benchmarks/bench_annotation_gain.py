@@ -48,7 +48,7 @@ def build(root: str, control: bool, args) -> str:
                        + (f"_shortcut{args.shortcut:g}" if args.shortcut else ""))
     if os.path.exists(os.path.join(out, "summary.json")):
         return out
-    cmd = [sys.executable, "-m", "cxr_tfp.data.build", "--dataset", "synthetic",
+    cmd = [sys.executable, "-m", "cxr_tfp.records.build", "--dataset", "synthetic",
            "--root", out + "_raw", "--out", out, "--image-size", str(args.image_size),
            "--synthetic-patients", str(args.patients), "--synthetic-seed", "0",
            "--synthetic-annotated-fraction", str(args.annotated_fraction),
@@ -97,6 +97,7 @@ def annotated_eval_auroc(out: str, cfg, eval_dir: str) -> dict:
 
     import tensorflow as tf
 
+    from cxr_tfp import features as F
     from cxr_tfp.input import make_dataset
     from cxr_tfp.model import load_model
     from cxr_tfp.train import auroc_report
@@ -105,14 +106,14 @@ def annotated_eval_auroc(out: str, cfg, eval_dir: str) -> dict:
     P, Q, Y, M = [], [], [], []
     for x, y in make_dataset(sorted(glob.glob(os.path.join(eval_dir, "*"))), cfg.image_size, cfg.finding_names,
                              64, annotated_only=True):
-        f = model.features(x["image"])
+        f = model.features(x[F.X_IMAGE])
         mu_p, logvar_p = model.head.prior(f)
-        mu_q, _ = model.posterior_or_prior(f, model.annotation_grid(x["annotation"]), x["has_gaze"],
-                                           x["has_boxes"], mu_p, logvar_p)
+        mu_q, _ = model.posterior_or_prior(f, model.annotation_grid(x[F.X_ANNOTATION]), x[F.X_HAS_GAZE],
+                                           x[F.X_HAS_BOXES], mu_p, logvar_p)
         P.append(tf.sigmoid(model.head.classifier(mu_p)).numpy())
         Q.append(tf.sigmoid(model.head.classifier(mu_q)).numpy())
-        Y.append(y["labels"].numpy())
-        M.append(y["mask"].numpy())
+        Y.append(y[F.Y_LABELS].numpy())
+        M.append(y[F.Y_MASK].numpy())
     P, Q, Y, M = (np.concatenate(a, 0) for a in (P, Q, Y, M))
     return {"prior": auroc_report(cfg.finding_names, P, Y, M)["macro_auroc"],
             "posterior": auroc_report(cfg.finding_names, Q, Y, M)["macro_auroc"], "n": int(len(Y))}

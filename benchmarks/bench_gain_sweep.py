@@ -42,7 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 ARMS = ("informative", "control")
-BUILD_MODULE = "cxr_tfp.data.build"
+BUILD_MODULE = "cxr_tfp.records.build"
 
 
 def build(work: str, control: bool, shortcut: float, args) -> str:

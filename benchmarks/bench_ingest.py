@@ -5,8 +5,8 @@
 
 Both contenders start cold in their own process (imports included) and do the same work per image:
 read the PNG, decode (Pillow), resize to --out-size, draw the gaze heatmap and box mask, hash the ids,
-serialise the tf.Example (``cxr_tfp.data.process.process_record``) and write gzip TFRecords. The
-loop writes with ``tf.io.TFRecordWriter``; the build is ``python -m cxr_tfp.data.build --workers 2``
+serialise the tf.Example (``cxr_tfp.records.process.process_record``) and write gzip TFRecords. The
+loop writes with ``tf.io.TFRecordWriter``; the build is ``python -m cxr_tfp.records.build --workers 2``
 (Beam DirectRunner, multi_processing). Prints images/s of each, the ratio (target >= 1.5 on 2 cores),
 and the peak resident memory of each process tree (sampled every 0.2 s); the build is also run on half
 of the images to show that its peak memory does not grow with the dataset size.
@@ -32,7 +32,7 @@ LOOP = r"""
 import sys, time
 from pathlib import Path
 import tensorflow as tf
-from cxr_tfp.data.process import ProcessConfig, process_record
+from cxr_tfp.records.process import ProcessConfig, process_record
 from cxr_tfp.datasets import get_adapter
 from cxr_tfp.datasets.base import SourceRecord
 root, out, size = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
         n_loop = int(loop["stdout"].strip().splitlines()[-1])
 
         def beam(root: Path, out: Path) -> dict:
-            return run_measured([sys.executable, "-m", "cxr_tfp.data.build", "--dataset", "synthetic", "--root",
+            return run_measured([sys.executable, "-m", "cxr_tfp.records.build", "--dataset", "synthetic", "--root",
                                  str(root), "--out", str(out), "--image-size", str(args.out_size), "--workers",
                                  str(args.workers), "--direct_running_mode=multi_processing", "--quiet"], env)
 

@@ -46,24 +46,25 @@ def _worker(saved: str, mode: str, threads: int, rounds: int, size: int) -> dict
     import tensorflow as tf
 
     from cxr_tfp import features as F
+    from cxr_tfp import model_dir as MD
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     if mode == "onednn_bf16":
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
-    fn = tf.saved_model.load(saved).signatures[F.IMAGE_SIGNATURE]
+    fn = tf.saved_model.load(saved).signatures[MD.IMAGE_SIGNATURE]
     rng = np.random.default_rng(0)
     pngs = [F.encode_png((rng.uniform(0, 255, (size, size))).astype(np.uint8)) for _ in range(16)]
     b16, b1 = tf.constant(pngs), tf.constant(pngs[:1])
-    fn(**{F.IMAGES_INPUT: b16})
-    fn(**{F.IMAGES_INPUT: b1})
+    fn(**{MD.IMAGES_INPUT: b16})
+    fn(**{MD.IMAGES_INPUT: b1})
     tput, lat = [], []
     for _ in range(rounds):
         t = time.perf_counter()
-        fn(**{F.IMAGES_INPUT: b16})[F.PROBABILITIES].numpy()
+        fn(**{MD.IMAGES_INPUT: b16})[MD.PROBABILITIES].numpy()
         tput.append(16 / (time.perf_counter() - t))
         t = time.perf_counter()
-        fn(**{F.IMAGES_INPUT: b1})[F.PROBABILITIES].numpy()
+        fn(**{MD.IMAGES_INPUT: b1})[MD.PROBABILITIES].numpy()
         lat.append((time.perf_counter() - t) * 1000)
     return {"images_per_s": float(np.median(tput)), "batch1_ms": float(np.median(lat))}
 

@@ -6,7 +6,7 @@
 Both paths run the exported ``predict_images`` signature on the same PNG bytes:
 - in process: ``tf.saved_model.load(dir).signatures["predict_images"](images=...)``;
 - gRPC: the project client (``cxr_tfp.client.PredictClient``) -> ``PredictionService/Predict`` on the
-  development stand-in server (``cxr_tfp.serving_standin``; no tensorflow_model_server binary here)
+  development stand-in server (``serving.standin``; no tensorflow_model_server binary here)
   on loopback, including request building, proto (de)serialisation and the network stack.
 Measurements alternate between the two paths round by round so drifting machine load hits both.
 Prints batch-1 latency p50/p99, batch-16 throughput and the ratios (target: overhead < 1.2x).
@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 
 def _png(size: int, seed: int = 0) -> bytes:
     from cxr_tfp import features
+    from cxr_tfp import model_dir
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     from cxr_tfp.config import load_config
     from cxr_tfp.export import export_saved_model
     from cxr_tfp.model import build_model
-    from cxr_tfp.serving_standin import start_server
+    from serving.standin import start_server
 
     overrides = {"image_size": a.image_size}
     if a.backbone:
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
         base = os.path.join(tmp, "cxr_tfp")
         export_saved_model(build_model(cfg), os.path.join(base, "1"), model_name="cxr_tfp")
         print(f"built + exported in {time.perf_counter() - t0:.1f}s", flush=True)
-        fn = tf.saved_model.load(os.path.join(base, "1")).signatures[features.IMAGE_SIGNATURE]
+        fn = tf.saved_model.load(os.path.join(base, "1")).signatures[model_dir.IMAGE_SIGNATURE]
         srv = start_server(base, "cxr_tfp")  # replays the warm-up file, like TF Serving
         client = PredictClient(srv.address, timeout_s=120.0)
         try:
@@ -88,10 +89,10 @@ def main(argv=None) -> int:
             one_t, batch_t = tf.constant(one), tf.constant(batch)
 
             def local(x):
-                return lambda: fn(images=x)[features.PROBABILITIES].numpy()
+                return lambda: fn(images=x)[model_dir.PROBABILITIES].numpy()
 
             def remote(x):
-                return lambda: client.predict_encoded(x)[features.PROBABILITIES]
+                return lambda: client.predict_encoded(x)[model_dir.PROBABILITIES]
 
             # Same answer through both paths (else the timing compares different work).
             np.testing.assert_allclose(local(one_t)(), remote(one)(), atol=1e-5)

@@ -4,7 +4,7 @@
     python benchmarks/bench_serving_load.py --requests 400     # quick look
 
 Serves the REAL export (tiny backbone, 64 px) with the development stand-in server in its own process
-(``cxr_tfp.serving_standin``; no tensorflow_model_server binary here) and:
+(``serving.standin``; no tensorflow_model_server binary here) and:
 
 1. baseline: the same clients send only valid 256 px PNGs (batch 1), in this run;
 2. burst: 8 concurrent clients send ``--requests`` requests, ``--hostile`` of them hostile: real PNG
@@ -66,16 +66,16 @@ def _request(kind: str, payload: bytes):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from cxr_tfp import features
+    from cxr_tfp import model_dir
 
     req = predict_pb2.PredictRequest()
     req.model_spec.name = MODEL
     if kind == "image":
-        req.model_spec.signature_name = features.IMAGE_SIGNATURE
-        req.inputs[features.IMAGES_INPUT].CopyFrom(tf.make_tensor_proto([payload], dtype=tf.string))
+        req.model_spec.signature_name = model_dir.IMAGE_SIGNATURE
+        req.inputs[model_dir.IMAGES_INPUT].CopyFrom(tf.make_tensor_proto([payload], dtype=tf.string))
     else:
-        req.model_spec.signature_name = features.SERVING_SIGNATURE
-        req.inputs[features.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto([payload], dtype=tf.string))
+        req.model_spec.signature_name = model_dir.SERVING_SIGNATURE
+        req.inputs[model_dir.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto([payload], dtype=tf.string))
     return req
 
 
@@ -147,7 +147,7 @@ tf.io.decode_image(tf.constant(open({bomb_path!r}.replace('bomb', 'small'), 'rb'
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     if {guarded}:
-        from cxr_tfp.preprocess import decode_image
+        from cxr_tfp.preprocess import decode_image_tensor as decode_image
         decode_image(tf.constant(data), 64)
     else:
         img = tf.io.decode_image(data, channels=1, expand_animations=False, dtype=tf.uint8)
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         _export(base)
         port = portpicker.pick_unused_port()
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        server = subprocess.Popen([sys.executable, "-m", "cxr_tfp.serving_standin", "--model_base_path",
+        server = subprocess.Popen([sys.executable, "-m", "serving.standin", "--model_base_path",
                                    str(base / MODEL), "--model_name", MODEL, "--port", str(port)],
                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:

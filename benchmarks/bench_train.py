@@ -60,12 +60,14 @@ def in_memory_train_step_images_per_second(model, cfg, steps: int) -> float:
     import keras
     import tensorflow as tf
 
+    from cxr_tfp import features as F
+
     b, s, L = cfg.batch_size, cfg.image_size, len(cfg.finding_names)
     rng = np.random.default_rng(0)
-    x = {"image": rng.random((b, s, s, 1), dtype=np.float32),
-         "annotation": np.zeros((b, s, s, 2), np.float32),
-         "has_gaze": np.zeros(b, np.float32), "has_boxes": np.zeros(b, np.float32)}
-    y = {"labels": (rng.random((b, L)) > 0.5).astype(np.float32), "mask": np.ones((b, L), np.float32)}
+    x = {F.X_IMAGE: rng.random((b, s, s, 1), dtype=np.float32),
+         F.X_ANNOTATION: np.zeros((b, s, s, 2), np.float32),
+         F.X_HAS_GAZE: np.zeros(b, np.float32), F.X_HAS_BOXES: np.zeros(b, np.float32)}
+    y = {F.Y_LABELS: (rng.random((b, L)) > 0.5).astype(np.float32), F.Y_MASK: np.ones((b, L), np.float32)}
     ds = tf.data.Dataset.from_tensors((x, y)).cache().repeat(steps + 1)
     model.set_stage(1)
     model.compile(optimizer=keras.optimizers.Adam(1e-4))

@@ -6,6 +6,8 @@ Horizontal flips are left out on purpose: they swap the heart's side, which no r
 """
 from __future__ import annotations
 
+from cxr_tfp import features as F
+
 
 def make_augmenter(seed: int = 0, rotation: float = 0.03, shift: float = 0.05, zoom: float = 0.1):
     """A callable ``(x) -> x`` on input-pipeline batches (dict with image [B,S,S,1], annotation [B,S,S,2])."""
@@ -20,9 +22,9 @@ def make_augmenter(seed: int = 0, rotation: float = 0.03, shift: float = 0.05, z
     ], name="augment")
 
     def augment(x):
-        stacked = tf.concat([x["image"], x["annotation"]], axis=-1)
+        stacked = tf.concat([x[F.X_IMAGE], x[F.X_ANNOTATION]], axis=-1)
         out = layers(stacked, training=True)
         out = tf.clip_by_value(out, 0.0, 1.0)
-        return {**x, "image": out[..., :1], "annotation": out[..., 1:]}
+        return {**x, F.X_IMAGE: out[..., :1], F.X_ANNOTATION: out[..., 1:]}
 
     return augment

@@ -8,7 +8,7 @@ Command line::
 Files may be PNG, JPEG or DICOM. PNG/JPEG bytes are sent as they are; a DICOM is decoded with the
 project's own reader (:mod:`cxr_tfp.io`, the ingestion's modality/VOI LUT and MONOCHROME1 handling)
 into the same 8-bit grey image the ingestion stores, then sent as PNG. Inside the model the same
-:func:`cxr_tfp.preprocess.decode_image` as in training turns the bytes into model input.
+:func:`cxr_tfp.preprocess.decode_image_tensor` as in training turns the bytes into model input.
 
 Programmatic use (the TFX demo)::
 
@@ -39,17 +39,18 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from cxr_tfp import features
+from cxr_tfp import model_dir as MD
 from cxr_tfp.cli import cli_main
 
-DEFAULT_MODEL = "cxr_tfp"
+DEFAULT_MODEL = MD.MODEL_NAME
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RETRIES = 3
 DEFAULT_BATCH = 16
 FALLBACK_THRESHOLD = 0.5
 # Per-row finding names and thresholds returned by the image signature (see cxr_tfp.features).
-LABEL_NAMES_OUTPUT = features.LABEL_NAMES
-THRESHOLDS_OUTPUT = features.THRESHOLDS
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+LABEL_NAMES_OUTPUT = MD.LABEL_NAMES
+THRESHOLDS_OUTPUT = MD.THRESHOLDS
+MAX_MESSAGE_BYTES = MD.MAX_MESSAGE_BYTES
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -151,25 +152,12 @@ def _encode_all(files: Sequence[str], image_size: Optional[int] = None) -> List[
 # --------------------------------------------------------------------------------------------------
 def read_model_assets(saved_model_dir: str) -> Tuple[Optional[List[str]], Optional[Dict[str, float]]]:
     """``(labels, thresholds)`` from ``assets/`` of a local SavedModel (None where absent)."""
-    assets = Path(saved_model_dir) / "assets"
-    labels = thresholds = None
-    lp = assets / features.LABELS_ASSET
-    if lp.is_file():
-        labels = [ln.strip() for ln in lp.read_text().splitlines() if ln.strip()]
-    tp = assets / features.THRESHOLDS_ASSET
-    if tp.is_file():
-        thresholds = {str(k): float(v) for k, v in json.loads(tp.read_text()).items()}
-    return labels, thresholds
+    return MD.read_assets(saved_model_dir)
 
 
 def _resolve_saved_model_dir(path: str) -> str:
     """A SavedModel folder, or the latest numeric version under a TF Serving base path."""
-    from cxr_tfp.serving_standin import find_versions
-
-    versions = find_versions(path)
-    if not versions:
-        raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {path!r} or its version folders")
-    return versions[max(versions)]
+    return MD.latest(path)
 
 
 def _to_str_list(arr: np.ndarray) -> List[str]:
@@ -206,11 +194,11 @@ def build_results(files: Sequence[str], outputs: Mapping[str, np.ndarray], model
                   labels: Optional[Sequence[str]] = None,
                   thresholds: Optional[Mapping[str, float]] = None) -> List[dict]:
     """Turn Predict outputs (``PROBABILITIES``/``UNCERTAINTY`` [B, L]) into per-file result dicts."""
-    if features.PROBABILITIES not in outputs:
-        raise ServingError(f"the response has no {features.PROBABILITIES!r} output (got "
+    if MD.PROBABILITIES not in outputs:
+        raise ServingError(f"the response has no {MD.PROBABILITIES!r} output (got "
                            f"{sorted(outputs)}): is this the cxr_tfp model?", "FAILED_PRECONDITION")
-    prob = np.asarray(outputs[features.PROBABILITIES], np.float64)
-    unc = np.asarray(outputs.get(features.UNCERTAINTY, np.full_like(prob, np.nan)), np.float64)
+    prob = np.asarray(outputs[MD.PROBABILITIES], np.float64)
+    unc = np.asarray(outputs.get(MD.UNCERTAINTY, np.full_like(prob, np.nan)), np.float64)
     if prob.ndim != 2 or prob.shape[0] != len(files) or unc.shape != prob.shape:
         raise ServingError(f"unexpected output shapes: probabilities {prob.shape}, uncertainty "
                            f"{unc.shape} for {len(files)} files", "INTERNAL")
@@ -243,10 +231,10 @@ def _make_request(encoded: Sequence[bytes], model: str, signature: str,
         req.model_spec.version.value = int(version)
     elif version_label:
         req.model_spec.version_label = version_label
-    if signature == features.IMAGE_SIGNATURE:
-        key, values = features.IMAGES_INPUT, list(encoded)
+    if signature == MD.IMAGE_SIGNATURE:
+        key, values = MD.IMAGES_INPUT, list(encoded)
     else:  # the tf.Example signature (serving_default)
-        key, values = features.EXAMPLES_INPUT, [image_example(b) for b in encoded]
+        key, values = MD.EXAMPLES_INPUT, [image_example(b) for b in encoded]
     req.inputs[key].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string, shape=[len(values)]))
     return req
 
@@ -333,7 +321,7 @@ class PredictClient:
     """A reusable connection: ``predict_encoded(list_of_bytes)`` -> raw outputs (numpy)."""
 
     def __init__(self, server: str, model: str = DEFAULT_MODEL,
-                 signature: str = features.IMAGE_SIGNATURE, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 signature: str = MD.IMAGE_SIGNATURE, timeout_s: float = DEFAULT_TIMEOUT_S,
                  retries: int = DEFAULT_RETRIES, backoff_s: float = 0.25,
                  version: Optional[int] = None, version_label: Optional[str] = None):
         from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -374,7 +362,7 @@ class PredictClient:
 
 
 def predict_files(server: str, files: List[str], model: str = DEFAULT_MODEL,
-                  signature: str = features.IMAGE_SIGNATURE, timeout_s: float = DEFAULT_TIMEOUT_S,
+                  signature: str = MD.IMAGE_SIGNATURE, timeout_s: float = DEFAULT_TIMEOUT_S,
                   *, retries: int = DEFAULT_RETRIES, batch_size: int = DEFAULT_BATCH,
                   model_dir: Optional[str] = None, labels: Optional[Sequence[str]] = None,
                   thresholds: Optional[Mapping[str, float]] = None,
@@ -410,7 +398,7 @@ def _assets_for(model_dir, labels, thresholds):
 
 
 def predict_files_local(saved_model_dir: str, files: List[str],
-                        signature: str = features.IMAGE_SIGNATURE,
+                        signature: str = MD.IMAGE_SIGNATURE,
                         batch_size: int = DEFAULT_BATCH, loaded=None,
                         image_size: Optional[int] = None) -> List[dict]:
     """In-process fallback with the result shape of :func:`predict_files` (no server involved).
@@ -428,14 +416,14 @@ def predict_files_local(saved_model_dir: str, files: List[str],
                            f"{sorted(loaded.signatures)}", "FAILED_PRECONDITION")
     fn = loaded.signatures[signature]
     encoded = _encode_all(files, image_size)
-    version = int(Path(path).name) if Path(path).name.isdigit() else None
+    version = MD.version_of(path)
     results: List[dict] = []
     for i in range(0, len(files), batch_size):
         chunk = encoded[i:i + batch_size]
-        if signature == features.IMAGE_SIGNATURE:
-            out = fn(**{features.IMAGES_INPUT: tf.constant(chunk)})
+        if signature == MD.IMAGE_SIGNATURE:
+            out = fn(**{MD.IMAGES_INPUT: tf.constant(chunk)})
         else:
-            out = fn(**{features.EXAMPLES_INPUT: tf.constant([image_example(b) for b in chunk])})
+            out = fn(**{MD.EXAMPLES_INPUT: tf.constant([image_example(b) for b in chunk])})
         results += build_results(files[i:i + batch_size], {k: v.numpy() for k, v in out.items()},
                                  Path(path).parent.name if version is not None else Path(path).name,
                                  version, signature, labels, thresholds)
@@ -476,8 +464,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC endpoint")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name in models.config")
-    p.add_argument("--signature", default=features.IMAGE_SIGNATURE,
-                   choices=[features.IMAGE_SIGNATURE, features.SERVING_SIGNATURE])
+    p.add_argument("--signature", default=MD.IMAGE_SIGNATURE,
+                   choices=[MD.IMAGE_SIGNATURE, MD.SERVING_SIGNATURE])
     p.add_argument("--version", type=int, default=None, help="a specific model version")
     p.add_argument("--version-label", default=None, help="e.g. stable or canary")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="deadline per call (s)")

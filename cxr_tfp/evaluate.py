@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp import metrics as M
 from cxr_tfp.cli import cli_main
 from cxr_tfp.report.saliency import METHOD_NAMES, SaliencyCollector, SaliencyExample, agreement_summary
@@ -84,7 +85,7 @@ class KerasAdapter(ModelAdapter):
     def predict(self, serialized, images):
         out = self.model.predict_with_uncertainty(np.asarray(images, np.float32),
                                                   num_samples=self.num_samples)
-        return np.asarray(out[F.PROBABILITIES]), np.asarray(out[F.UNCERTAINTY])
+        return np.asarray(out[MD.PROBABILITIES]), np.asarray(out[MD.UNCERTAINTY])
 
     def saliency(self, images, finding_index, method="gradcam"):
         from cxr_tfp.model.saliency import METHODS
@@ -106,23 +107,22 @@ class SavedModelAdapter(ModelAdapter):
 
         self.path = str(path)
         self.name = name or _default_name(path)
-        labels_file = Path(path) / "assets" / F.LABELS_ASSET
-        if not labels_file.is_file():
-            raise FileNotFoundError(f"{path}: no assets/{F.LABELS_ASSET} (label names) in this SavedModel")
-        self.findings = tuple(l.strip() for l in labels_file.read_text().splitlines() if l.strip())
+        if not MD.labels_path(path).is_file():
+            raise FileNotFoundError(f"{path}: no {MD.ASSETS_DIR}/{MD.LABELS_ASSET} (label names) in this SavedModel")
+        self.findings = MD.read_labels(path)
         self._loaded = tf.saved_model.load(self.path)
-        if F.SERVING_SIGNATURE not in self._loaded.signatures:
-            raise ValueError(f"{path}: SavedModel has no signature {F.SERVING_SIGNATURE!r} "
+        if MD.SERVING_SIGNATURE not in self._loaded.signatures:
+            raise ValueError(f"{path}: SavedModel has no signature {MD.SERVING_SIGNATURE!r} "
                              f"(has {sorted(self._loaded.signatures)})")
-        self._fn = self._loaded.signatures[F.SERVING_SIGNATURE]
+        self._fn = self._loaded.signatures[MD.SERVING_SIGNATURE]
 
     def predict(self, serialized, images):
-        out = self._fn(**{F.EXAMPLES_INPUT: serialized})
-        probs = out[F.PROBABILITIES].numpy()
+        out = self._fn(**{MD.EXAMPLES_INPUT: serialized})
+        probs = out[MD.PROBABILITIES].numpy()
         if probs.shape[-1] != len(self.findings):
             raise ValueError(f"{self.path}: signature returns {probs.shape[-1]} probabilities but "
-                             f"{F.LABELS_ASSET} lists {len(self.findings)} findings")
-        return probs, out[F.UNCERTAINTY].numpy()
+                             f"{MD.LABELS_ASSET} lists {len(self.findings)} findings")
+        return probs, out[MD.UNCERTAINTY].numpy()
 
 
 class TorchXRayVisionAdapter(ModelAdapter):
@@ -165,7 +165,7 @@ def load_adapter(path: str, num_samples: Optional[int] = None, name: Optional[st
     p = Path(path)
     if p.is_file() and p.suffix == ".keras":
         return KerasAdapter(path, num_samples=num_samples, name=name)
-    if p.is_dir() and (p / "saved_model.pb").is_file():
+    if p.is_dir() and MD.is_saved_model(p):
         return SavedModelAdapter(path, name=name)
     if p.is_dir() and (p / "model.keras").is_file():   # a training output folder
         return KerasAdapter(str(p / "model.keras"), num_samples=num_samples, name=name or _default_name(path))
@@ -263,17 +263,17 @@ def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32
         except tf.errors.InvalidArgumentError as e:
             raise ValueError(f"{_where(files)}: records do not follow the cxr_tfp tf.Example contract "
                              f"(batch {b}): {e.message.splitlines()[0]}") from None
-        images = x["image"].numpy()
+        images = x[F.X_IMAGE].numpy()
         probs, unc = adapter.predict(serialized, images)
         probs, unc = np.asarray(probs, np.float64), np.asarray(unc, np.float64)
-        labels, mask = y["labels"].numpy(), y["mask"].numpy()
-        hg, hb = x["has_gaze"].numpy() > 0.5, x["has_boxes"].numpy() > 0.5
+        labels, mask = y[F.Y_LABELS].numpy(), y[F.Y_MASK].numpy()
+        hg, hb = x[F.X_HAS_GAZE].numpy() > 0.5, x[F.X_HAS_BOXES].numpy() > 0.5
         for k, v in (("probs", probs), ("unc", unc), ("labels", labels), ("mask", mask), ("hg", hg), ("hb", hb)):
             out[k].append(v)
         out["pk"].append(np.char.decode(meta[F.PATIENT_KEY].numpy().astype(bytes), "utf-8"))
         out["ek"].append(np.char.decode(meta[F.EXAMPLE_KEY].numpy().astype(bytes), "utf-8"))
         if sal is not None:
-            sal.add_batch(images, x["annotation"].numpy(), labels, mask, probs, hg, hb, patients=out["pk"][-1])
+            sal.add_batch(images, x[F.X_ANNOTATION].numpy(), labels, mask, probs, hg, hb, patients=out["pk"][-1])
         if progress_every and (b + 1) % progress_every == 0:
             n = sum(len(v) for v in out["probs"])
             log.info("%s: %d images (%.1f img/s)", adapter.name, n, n / max(time.time() - t0, 1e-9))
@@ -379,8 +379,8 @@ def compare_metrics(a: Predictions, b: Predictions, opts: EvalOptions) -> Dict[s
 
 
 # --------------------------------------------------------------------------------------- top level
-def evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str = "test",
-             compare: Union[None, str, ModelAdapter] = None, threshold_split: Optional[str] = "eval",
+def evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str = F.TEST_SPLIT,
+             compare: Union[None, str, ModelAdapter] = None, threshold_split: Optional[str] = F.EVAL_SPLIT,
              options: Optional[EvalOptions] = None, batch_size: int = 32, num_samples: Optional[int] = None,
              saliency: bool = True, max_saliency: Optional[int] = None, n_examples: int = 6,
              figures: bool = True, saliency_methods: Optional[Sequence[str]] = None) -> Dict[str, object]:
@@ -458,7 +458,7 @@ def evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str
 
     write_report(result, out_dir / "report.md")
     # Thresholds in the export contract's shape, so a chosen operating point can ship with a model.
-    with open(out_dir / F.THRESHOLDS_ASSET, "w") as fh:
+    with open(out_dir / MD.THRESHOLDS_ASSET, "w") as fh:
         json.dump({f: v["threshold"] for f, v in models_out[0]["per_finding"].items()}, fh, indent=2)
     return result
 
@@ -473,8 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint, converted: the public baseline on your own data)")
     p.add_argument("--data", required=True, help="data folder with train/ eval/ test/ TFRecord splits")
     p.add_argument("--out", required=True, help="output folder for metrics.json, report.md and figures")
-    p.add_argument("--split", default="test", help="split to evaluate")
-    p.add_argument("--threshold-split", default="eval", help="split the operating thresholds are chosen on")
+    p.add_argument("--split", default=F.TEST_SPLIT, help="split to evaluate")
+    p.add_argument("--threshold-split", default=F.EVAL_SPLIT, help="split the operating thresholds are chosen on")
     p.add_argument("--threshold-method", default="youden", choices=THRESHOLD_METHODS)
     p.add_argument("--target-sensitivity", type=float, default=0.9, help="for --threshold-method sensitivity")
     p.add_argument("--fixed-threshold", type=float, default=0.5, help="for --threshold-method fixed")

@@ -1,11 +1,12 @@
 """SavedModel export for TF Serving / TFX: two signatures, label + threshold assets, warm-up file.
 
-- ``features.SERVING_SIGNATURE`` (serving_default): ``features.EXAMPLES_INPUT`` = serialized
+The layout and names it writes are the contract of :mod:`cxr_tfp.model_dir`.
+- ``model_dir.SERVING_SIGNATURE`` (serving_default): ``model_dir.EXAMPLES_INPUT`` = serialized
   tf.Examples (only the image feature is read, so examples with or without labels both work);
   returns PROBABILITIES, UNCERTAINTY ``[B, L]`` and PROBABILITIES_FULL ``[B, NUM_FINDINGS]``.
-- ``features.IMAGE_SIGNATURE``: ``features.IMAGES_INPUT`` = encoded PNG/JPEG bytes; returns
+- ``model_dir.IMAGE_SIGNATURE``: ``model_dir.IMAGES_INPUT`` = encoded PNG/JPEG bytes; returns
   PROBABILITIES and UNCERTAINTY.
-Both decode with :func:`cxr_tfp.preprocess.decode_image` (same ops as training) and sample the
+Both decode with :func:`cxr_tfp.preprocess.decode_image_tensor` (same ops as training) and sample the
 latent with fixed pre-drawn noise (deterministic; identical to ``model.predict_with_uncertainty``).
 """
 from __future__ import annotations
@@ -19,18 +20,16 @@ from typing import Dict, Optional
 import numpy as np
 
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp.cli import cli_main
-
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-# What the backbone started from (cxr_tfp.weights.WeightsInfo.record(); null = random init).
-WEIGHTS_ASSET = "weights.json"
+from cxr_tfp.model_dir import WARMUP_FILE, WEIGHTS_ASSET
 
 
 def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
                   thresholds: Dict[str, float], weights_path: str):
     import tensorflow as tf
 
-    from cxr_tfp.preprocess import decode_image
+    from cxr_tfp.preprocess import decode_image_tensor
 
     size = int(model.image_size)
     scatter = tf.constant(model.full_scatter)
@@ -48,29 +47,29 @@ def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
         def _predict_encoded(self, encoded):
             # Under a real tensorflow_model_server an empty batch would otherwise fail deep in a conv.
             tf.debugging.assert_positive(tf.size(encoded), message="empty batch: send at least one image")
-            images = tf.map_fn(lambda b: decode_image(b, size), encoded,
+            images = tf.map_fn(lambda b: decode_image_tensor(b, size), encoded,
                                fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
             mean, std = self.model.predict_from_features(self.model.features(images, training=False),
                                                          num_samples)
             return mean, std
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.EXAMPLES_INPUT)])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=MD.EXAMPLES_INPUT)])
         def serve_examples(self, examples):
             from cxr_tfp.preprocess import check_serialized_examples
 
             with tf.control_dependencies([check_serialized_examples(examples)]):
                 parsed = tf.io.parse_example(examples, {F.IMAGE: F.feature_spec()[F.IMAGE]})
             mean, std = self._predict_encoded(parsed[F.IMAGE])
-            return {F.PROBABILITIES: mean, F.UNCERTAINTY: std,
-                    F.PROBABILITIES_FULL: tf.matmul(mean, scatter)}
+            return {MD.PROBABILITIES: mean, MD.UNCERTAINTY: std,
+                    MD.PROBABILITIES_FULL: tf.matmul(mean, scatter)}
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGES_INPUT)])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=MD.IMAGES_INPUT)])
         def serve_images(self, images):
             mean, std = self._predict_encoded(images)
             rows = tf.shape(mean)[:1]
-            return {F.PROBABILITIES: mean, F.UNCERTAINTY: std,
-                    F.LABEL_NAMES: tf.tile(names[None], tf.concat([rows, [1]], 0)),
-                    F.THRESHOLDS: tf.tile(thr[None], tf.concat([rows, [1]], 0))}
+            return {MD.PROBABILITIES: mean, MD.UNCERTAINTY: std,
+                    MD.LABEL_NAMES: tf.tile(names[None], tf.concat([rows, [1]], 0)),
+                    MD.THRESHOLDS: tf.tile(thr[None], tf.concat([rows, [1]], 0))}
 
     return ServingModule()
 
@@ -99,7 +98,7 @@ def sample_inputs(image_size: int, count: int = 2):
     return pngs, examples
 
 
-def write_warmup(export_dir: str, image_size: int, model_name: str = "cxr") -> str:
+def write_warmup(export_dir: str, image_size: int, model_name: str = MD.MODEL_NAME) -> str:
     """Write ``assets.extra/tf_serving_warmup_requests``: PredictionLogs for both signatures."""
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -108,8 +107,8 @@ def write_warmup(export_dir: str, image_size: int, model_name: str = "cxr") -> s
     path = os.path.join(export_dir, WARMUP_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
-        for sig, key, payload in ((F.SERVING_SIGNATURE, F.EXAMPLES_INPUT, examples),
-                                  (F.IMAGE_SIGNATURE, F.IMAGES_INPUT, pngs)):
+        for sig, key, payload in ((MD.SERVING_SIGNATURE, MD.EXAMPLES_INPUT, examples),
+                                  (MD.IMAGE_SIGNATURE, MD.IMAGES_INPUT, pngs)):
             req = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=sig))
             req.inputs[key].CopyFrom(tf.make_tensor_proto(payload, dtype=tf.string))
@@ -148,8 +147,8 @@ def with_serving_precision(model, precision: str = "float32"):
 
 
 def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None,
-                       thresholds: Optional[Dict[str, float]] = None, model_name: str = "cxr",
-                       precision: str = "float32") -> str:
+                       thresholds: Optional[Dict[str, float]] = None,
+                       model_name: str = MD.MODEL_NAME, precision: str = "float32") -> str:
     """Export ``model`` (a CxrModel) as a SavedModel in ``export_dir``; returns ``export_dir``.
 
     ``thresholds`` (finding -> operating threshold) default to ``model.thresholds`` (0.5 each when
@@ -165,7 +164,7 @@ def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None
     from cxr_tfp import staging as S
 
     final = os.path.abspath(os.fspath(export_dir))
-    S.check_replaceable(final, SAVED_MODEL_ENTRIES)
+    S.check_replaceable(final, MD.SAVED_MODEL_ENTRIES)
     stage = S.make_staging(final)
     try:
         _export(model, str(stage), num_samples, thresholds, model_name)
@@ -178,11 +177,6 @@ def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None
     return export_dir
 
 
-# What a SavedModel folder may hold; anything else in an existing export_dir is refused, not deleted.
-SAVED_MODEL_ENTRIES = ("saved_model.pb", "saved_model.pbtxt", "variables", "assets", "assets.extra",
-                       "fingerprint.pb", "keras_metadata.pb")
-
-
 def _export(model, export_dir: str, num_samples: Optional[int], thresholds: Optional[Dict[str, float]],
             model_name: str) -> str:
     import tensorflow as tf
@@ -193,36 +187,22 @@ def _export(model, export_dir: str, num_samples: Optional[int], thresholds: Opti
         thr.update(thresholds)
     thr = {f: float(thr.get(f, 0.5)) for f in model.findings}
     with tempfile.TemporaryDirectory() as tmp:
-        label_path = os.path.join(tmp, F.LABELS_ASSET)
-        threshold_path = os.path.join(tmp, F.THRESHOLDS_ASSET)
-        with open(label_path, "w") as fh:
-            fh.write("\n".join(model.findings) + "\n")
-        with open(threshold_path, "w") as fh:
-            json.dump(thr, fh, indent=2)
+        label_path = os.path.join(tmp, MD.LABELS_ASSET)
+        threshold_path = os.path.join(tmp, MD.THRESHOLDS_ASSET)
+        MD.write_labels(label_path, model.findings)
+        MD.write_thresholds(threshold_path, thr)
         weights_path = os.path.join(tmp, WEIGHTS_ASSET)
         with open(weights_path, "w") as fh:
             json.dump(getattr(model, "weights_source", None), fh, indent=2)
         module = _build_module(model, s, label_path, threshold_path, thr, weights_path)
         signatures = {
-            F.SERVING_SIGNATURE: _rename_inputs(module.serve_examples, F.EXAMPLES_INPUT),
-            F.IMAGE_SIGNATURE: _rename_inputs(module.serve_images, F.IMAGES_INPUT),
+            MD.SERVING_SIGNATURE: _rename_inputs(module.serve_examples, MD.EXAMPLES_INPUT),
+            MD.IMAGE_SIGNATURE: _rename_inputs(module.serve_images, MD.IMAGES_INPUT),
         }
         tf.io.gfile.makedirs(export_dir)
         tf.saved_model.save(module, export_dir, signatures=signatures)
     write_warmup(export_dir, int(model.image_size), model_name=model_name)
     return export_dir
-
-
-def read_labels(export_dir: str):
-    """Label names stored with an exported model, in output order."""
-    with open(os.path.join(export_dir, "assets", F.LABELS_ASSET)) as fh:
-        return tuple(line.strip() for line in fh if line.strip())
-
-
-def read_thresholds(export_dir: str) -> Dict[str, float]:
-    """Operating thresholds stored with an exported model."""
-    with open(os.path.join(export_dir, "assets", F.THRESHOLDS_ASSET)) as fh:
-        return {k: float(v) for k, v in json.load(fh).items()}
 
 
 @cli_main

@@ -32,22 +32,25 @@ PATIENT_KEY = "patient_key"      # bytes: salted hash of the patient id (pseudon
 EXAMPLE_KEY = "example_key"      # bytes: salted hash of the image id (pseudonymous, unique)
 
 VIEWS = ("PA", "AP", "LL", "UNKNOWN")
+# Dataset names: the DATASET feature's values, the adapters' names (cxr_tfp.datasets) and --dataset.
 DATASETS = ("nih", "mimic", "egd", "reflacx", "dicom", "synthetic")
 
-# Serving contract (export writes it, client / TFX / evaluation read it).
-SERVING_SIGNATURE = "serving_default"   # input: EXAMPLES_INPUT, a batch of serialized tf.Example
-IMAGE_SIGNATURE = "predict_images"      # input: IMAGES_INPUT, a batch of encoded PNG/JPEG bytes
-EXAMPLES_INPUT = "examples"
-IMAGES_INPUT = "images"
-PROBABILITIES = "probabilities"        # float[B, L]: mean over latent samples
-UNCERTAINTY = "uncertainty"            # float[B, L]: std over latent samples
-PROBABILITIES_FULL = "probabilities_full"  # float[B, NUM_FINDINGS]: PROBABILITIES scattered to their
-                                           # FINDINGS columns, 0 elsewhere (lines up with LABELS for TFMA)
-LABEL_NAMES = "label_names"            # string[B, L] (IMAGE_SIGNATURE): finding names, a copy per row so
-                                       # TF Serving's batching can split it; clients need no model files
-THRESHOLDS = "thresholds"              # float[B, L] (IMAGE_SIGNATURE): operating threshold per finding
-LABELS_ASSET = "labels.txt"            # one finding per line, in model output order
-THRESHOLDS_ASSET = "thresholds.json"   # {finding: operating threshold}
+# Splits: the records' sub-folders <out>/{train,eval,test}/ and the patient-level split assignment.
+TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT = "train", "eval", "test"
+SPLITS = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
+
+# Batch keys: the (x, y) dicts the input pipeline yields (cxr_tfp.input) and the model reads.
+X_IMAGE = "image"                # float32 [B, S, S, 1] in [0, 1]
+X_ANNOTATION = "annotation"      # float32 [B, S, S, 2]: gaze heatmap, box mask (zeros when absent)
+X_HAS_GAZE = "has_gaze"          # float32 [B]
+X_HAS_BOXES = "has_boxes"        # float32 [B]
+X_FEATURES = "features"          # stage 2's cached backbone feature maps (instead of X_IMAGE)
+X_ANN_GRID = "ann_grid"          # stage 2's cached annotations on the feature grid
+Y_LABELS = "labels"              # float32 [B, L] over the model's findings
+Y_MASK = "mask"                  # float32 [B, L]: 1 where the label is known
+
+# The serving contract (signatures, their inputs/outputs, the asset files) lives in
+# cxr_tfp.model_dir.
 
 FEATURE_SPEC: Dict[str, object] = {}
 
@@ -120,7 +123,7 @@ def example_values(rec: ExampleRecord) -> Dict[str, Tuple[str, list]]:
 
     ``kind`` is ``bytes``, ``float`` or ``int64``. The one definition of how a record becomes
     features: :func:`to_example` and the TensorFlow-free Beam writer
-    (:mod:`cxr_tfp.data.example_codec`) both serialise exactly this.
+    (:mod:`cxr_tfp.records.example_codec`) both serialise exactly this.
     """
     size = int(rec.image.shape[0])
     if rec.image.shape != (size, size):

@@ -1,6 +1,6 @@
 """tf.data input pipeline over the contract's TFRecords: shared by training, evaluation and TFX.
 
-Yields ``(x, y)`` batches:
+Yields ``(x, y)`` batches (keys: ``cxr_tfp.features.X_*`` / ``Y_*``):
 - ``x["image"]``: float32 ``[B, S, S, 1]`` in [0, 1]
 - ``x["annotation"]``: float32 ``[B, S, S, 2]``: channel 0 gaze heatmap, channel 1 box mask (zeros when absent)
 - ``x["has_gaze"]``, ``x["has_boxes"]``: float32 ``[B]``
@@ -14,7 +14,7 @@ from typing import List, Sequence, Union
 
 from cxr_tfp import features as F
 from cxr_tfp.labels import indices
-from cxr_tfp.preprocess import decode_image, decode_map
+from cxr_tfp.preprocess import decode_image_tensor, decode_map
 
 FilePattern = Union[str, Sequence[str]]
 
@@ -40,21 +40,21 @@ def parse_batch(serialized, image_size: int, findings: Sequence[str], with_meta:
 
     feats = F.parse_examples(serialized)
     cols = tf.constant(indices(findings), tf.int32)
-    images = tf.map_fn(lambda b: decode_image(b, image_size), feats[F.IMAGE],
+    images = tf.map_fn(lambda b: decode_image_tensor(b, image_size), feats[F.IMAGE],
                        fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32))
     gaze = tf.map_fn(lambda b: decode_map(b, image_size), feats[F.GAZE],
                      fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32))
     boxes = tf.map_fn(lambda b: decode_map(b, image_size), feats[F.BOX_MASK],
                       fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32))
     x = {
-        "image": images,
-        "annotation": tf.concat([gaze, boxes], axis=-1),
-        "has_gaze": tf.cast(feats[F.HAS_GAZE], tf.float32),
-        "has_boxes": tf.cast(feats[F.HAS_BOXES], tf.float32),
+        F.X_IMAGE: images,
+        F.X_ANNOTATION: tf.concat([gaze, boxes], axis=-1),
+        F.X_HAS_GAZE: tf.cast(feats[F.HAS_GAZE], tf.float32),
+        F.X_HAS_BOXES: tf.cast(feats[F.HAS_BOXES], tf.float32),
     }
     y = {
-        "labels": tf.gather(feats[F.LABELS], cols, axis=1),
-        "mask": tf.gather(feats[F.LABEL_MASK], cols, axis=1),
+        F.Y_LABELS: tf.gather(feats[F.LABELS], cols, axis=1),
+        F.Y_MASK: tf.gather(feats[F.LABEL_MASK], cols, axis=1),
     }
     if not with_meta:
         return x, y

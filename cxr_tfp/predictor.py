@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 
 InputItem = Union[str, os.PathLike, bytes, np.ndarray]
 FIELDS = ("probability", "uncertainty", "decision")
@@ -97,7 +98,7 @@ class Predictor:
     def __init__(self, path: str):
         p = Path(path)
         self.path = str(path)
-        if p.is_dir() and (p / "model.keras").is_file() and not (p / "saved_model.pb").is_file():
+        if p.is_dir() and (p / "model.keras").is_file() and not MD.is_saved_model(p):
             p = p / "model.keras"                                  # a training output folder
         if p.is_file() and p.suffix == ".keras":
             from cxr_tfp.model import load_model
@@ -108,23 +109,23 @@ class Predictor:
             self.thresholds = {f: float(self._model.thresholds.get(f, 0.5)) for f in self.findings}
             self.image_size = int(self._model.image_size)
             self.weights_source = self._model.weights_source
-        elif p.is_dir() and (p / "saved_model.pb").is_file():
+        elif p.is_dir() and MD.is_saved_model(p):
             import json
 
             import tensorflow as tf
 
-            from cxr_tfp.export import WEIGHTS_ASSET, read_labels, read_thresholds
+            from cxr_tfp.model_dir import WEIGHTS_ASSET, read_labels, read_thresholds
 
             self.kind = "saved_model"
             self._loaded = tf.saved_model.load(str(p))
-            if F.IMAGE_SIGNATURE not in self._loaded.signatures:
-                raise ValueError(f"{path}: SavedModel has no {F.IMAGE_SIGNATURE!r} signature")
-            self._fn = self._loaded.signatures[F.IMAGE_SIGNATURE]
+            if MD.IMAGE_SIGNATURE not in self._loaded.signatures:
+                raise ValueError(f"{path}: SavedModel has no {MD.IMAGE_SIGNATURE!r} signature")
+            self._fn = self._loaded.signatures[MD.IMAGE_SIGNATURE]
             self.findings = read_labels(str(p))
             thr = read_thresholds(str(p))
             self.thresholds = {f: float(thr.get(f, 0.5)) for f in self.findings}
             self.image_size = None
-            wpath = p / "assets" / WEIGHTS_ASSET
+            wpath = p / MD.ASSETS_DIR / WEIGHTS_ASSET
             self.weights_source = json.loads(wpath.read_text()) if wpath.is_file() else None
         else:
             raise FileNotFoundError(f"{path}: neither a .keras file nor a SavedModel folder (saved_model.pb)")
@@ -132,7 +133,7 @@ class Predictor:
     def _run_keras(self, items: List[Any]) -> Tuple[np.ndarray, np.ndarray]:
         import tensorflow as tf
 
-        from cxr_tfp.preprocess import decode_image
+        from cxr_tfp.preprocess import decode_image_tensor as decode_image
 
         s = self.image_size
         images = []
@@ -143,7 +144,7 @@ class Predictor:
                 img = tf.image.resize(tf.constant(item), [s, s], method="bilinear", antialias=True)
                 images.append(tf.clip_by_value(img, 0.0, 1.0).numpy())
         out = self._model.predict_with_uncertainty(np.stack(images))
-        return np.asarray(out[F.PROBABILITIES]), np.asarray(out[F.UNCERTAINTY])
+        return np.asarray(out[MD.PROBABILITIES]), np.asarray(out[MD.UNCERTAINTY])
 
     def _run_saved_model(self, items: List[Any]) -> Tuple[np.ndarray, np.ndarray]:
         import tensorflow as tf
@@ -151,8 +152,8 @@ class Predictor:
         # A SavedModel takes encoded bytes: arrays go in as 8-bit PNG (float inputs are quantised).
         enc = [it if isinstance(it, bytes) else F.encode_png(np.round(it[..., 0] * 255.0).astype(np.uint8))
                for it in items]
-        out = self._fn(**{F.IMAGES_INPUT: tf.constant(enc)})
-        return out[F.PROBABILITIES].numpy(), out[F.UNCERTAINTY].numpy()
+        out = self._fn(**{MD.IMAGES_INPUT: tf.constant(enc)})
+        return out[MD.PROBABILITIES].numpy(), out[MD.UNCERTAINTY].numpy()
 
     def predict(self, inputs: Union[InputItem, Sequence[InputItem]], batch_size: int = 16):
         """A pandas DataFrame, one row per input (index: the path, or ``bytes[i]`` / ``array[i]``)."""

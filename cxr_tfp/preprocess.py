@@ -49,8 +49,10 @@ def encoded_image_size(encoded):
         return tf.cond(is_png, png_hw, jpeg_hw)
 
 
-def decode_image(encoded, size: int, max_pixels=None):
-    """Decode PNG/JPEG bytes (scalar string tensor) to float32 ``[size, size, 1]`` in [0, 1].
+def decode_image_tensor(encoded, size: int, max_pixels=None):
+    """Decode PNG/JPEG bytes (scalar string tensor) to float32 ``[size, size, 1]`` in [0, 1] (TF ops).
+
+    The in-graph model input; :func:`cxr_tfp.io.decode_image` is the TensorFlow-free file decoder.
 
     Raises ``InvalidArgumentError`` (TF Serving: INVALID_ARGUMENT) for a non-PNG/JPEG input, an
     image whose header announces more than ``max_pixels`` pixels, or a colour picture.
@@ -132,6 +134,6 @@ def decode_map(encoded, size: int):
         return tf.zeros([size, size, 1], tf.float32)
 
     def _decode():
-        return decode_image(encoded, size)
+        return decode_image_tensor(encoded, size)
 
     return tf.cond(tf.strings.length(encoded) > 0, _decode, _zeros)

@@ -32,11 +32,12 @@ import os
 import re
 from typing import Iterable, Optional, Sequence, Tuple
 
+from cxr_tfp.features import EVAL_SPLIT, TEST_SPLIT, TRAIN_SPLIT
+
 ENV_VAR = "CXR_TFP_SALT"
 FILE_ENV_VAR = "CXR_TFP_SALT_FILE"
 DEFAULT_SALT = "cxr-tfp-public-default-salt-v1"
 
-SPLITS: Tuple[str, ...] = ("train", "eval", "test")
 DEFAULT_FRACTIONS: Tuple[float, float, float] = (0.8, 0.1, 0.1)
 
 KEY_HEX_CHARS = 24  # 96 bits: collisions are negligible for any real dataset size
@@ -127,10 +128,10 @@ def assign_split(patient_id: str, namespace: str, salt: Optional[str] = None,
     f = parse_fractions(fractions)
     u = unit_interval(patient_id, namespace, "split", salt)
     if u < f[0]:
-        return "train"
+        return TRAIN_SPLIT
     if u < f[0] + f[1]:
-        return "eval"
-    return "test"
+        return EVAL_SPLIT
+    return TEST_SPLIT
 
 
 def assign_train_eval(patient_id: str, namespace: str, salt: Optional[str] = None,
@@ -141,9 +142,9 @@ def assign_train_eval(patient_id: str, namespace: str, salt: Optional[str] = Non
     """
     f = parse_fractions(fractions)
     if f[0] + f[1] <= 0:
-        return "train"
+        return TRAIN_SPLIT
     u = unit_interval(patient_id, namespace, "split", salt)
-    return "train" if u < f[0] / (f[0] + f[1]) else "eval"
+    return TRAIN_SPLIT if u < f[0] / (f[0] + f[1]) else EVAL_SPLIT
 
 
 def redact(text: str, secrets: Iterable[Optional[str]]) -> str:

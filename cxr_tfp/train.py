@@ -228,20 +228,21 @@ def cache_stage2_features(model, cfg: TrainConfig, files: Sequence[str]) -> Dict
         return model.features(image, training=False), model.annotation_grid(annotation)
 
     parts: Dict[str, List[np.ndarray]] = {k: [] for k in
-                                          ("features", "ann_grid", "has_gaze", "has_boxes", "labels", "mask")}
+                                          (F.X_FEATURES, F.X_ANN_GRID, F.X_HAS_GAZE, F.X_HAS_BOXES,
+                                           F.Y_LABELS, F.Y_MASK)}
     bar = keras.utils.Progbar(None, unit_name="image", verbose=1 if cfg.verbose else 0)
     seen = 0
     for x, y in stage2_image_dataset(cfg, files, shuffle=False):
-        fmap, grid = compute(x["image"], x["annotation"])
-        parts["features"].append(fmap.numpy())
-        parts["ann_grid"].append(grid.numpy())
-        for k in ("has_gaze", "has_boxes"):
+        fmap, grid = compute(x[F.X_IMAGE], x[F.X_ANNOTATION])
+        parts[F.X_FEATURES].append(fmap.numpy())
+        parts[F.X_ANN_GRID].append(grid.numpy())
+        for k in (F.X_HAS_GAZE, F.X_HAS_BOXES):
             parts[k].append(x[k].numpy())
-        parts["labels"].append(y["labels"].numpy())
-        parts["mask"].append(y["mask"].numpy())
+        parts[F.Y_LABELS].append(y[F.Y_LABELS].numpy())
+        parts[F.Y_MASK].append(y[F.Y_MASK].numpy())
         seen += int(fmap.shape[0])
         bar.update(seen)
-    if not parts["features"]:
+    if not parts[F.X_FEATURES]:
         raise ValueError("stage 2: the annotated subset is empty")
     return {k: np.concatenate(v, 0) for k, v in parts.items()}
 
@@ -250,11 +251,11 @@ def cached_dataset(cache: Dict[str, np.ndarray], cfg: TrainConfig):
     """Batches ``(x, y)`` over cached features, x = {features, ann_grid, has_gaze, has_boxes}."""
     import tensorflow as tf
 
-    x = {k: cache[k] for k in ("features", "ann_grid", "has_gaze", "has_boxes")}
-    y = {"labels": cache["labels"], "mask": cache["mask"]}
+    x = {k: cache[k] for k in (F.X_FEATURES, F.X_ANN_GRID, F.X_HAS_GAZE, F.X_HAS_BOXES)}
+    y = {k: cache[k] for k in (F.Y_LABELS, F.Y_MASK)}
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if cfg.shuffle:
-        ds = ds.shuffle(len(cache["labels"]), seed=cfg.seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(cache[F.Y_LABELS]), seed=cfg.seed, reshuffle_each_iteration=True)
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -281,11 +282,11 @@ def predict_split(model, cfg: TrainConfig, files: Sequence[str]) -> Tuple[np.nda
     fn = model._predict_fn(int(cfg.num_samples))
     P, U, Y, M = [], [], [], []
     for x, y in make_dataset(files, cfg.image_size, cfg.finding_names, max(cfg.batch_size, 64)):
-        m, s = fn(x["image"])
+        m, s = fn(x[F.X_IMAGE])
         P.append(m.numpy())
         U.append(s.numpy())
-        Y.append(y["labels"].numpy())
-        M.append(y["mask"].numpy())
+        Y.append(y[F.Y_LABELS].numpy())
+        M.append(y[F.Y_MASK].numpy())
     L = len(cfg.finding_names)
     cat = lambda a: np.concatenate(a, 0) if a else np.zeros((0, L), np.float32)  # noqa: E731
     return cat(P), cat(U), cat(Y), cat(M)
@@ -544,7 +545,7 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
             def stage2_data():
                 if use_cache:
                     cache = cache_stage2_features(model, cfg, train)
-                    metrics["stage2_cached_examples"] = int(len(cache["labels"]))
+                    metrics["stage2_cached_examples"] = int(len(cache[F.Y_LABELS]))
                     return cached_dataset(cache, cfg)
                 return stage2_image_dataset(cfg, train)
 
@@ -595,14 +596,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     splits = {}
-    for split in ("train", "eval"):
+    for split in (F.TRAIN_SPLIT, F.EVAL_SPLIT):
         d = os.path.join(args.data, split)
         if not os.path.isdir(d):
             print(f"error: --data {args.data} has no {split}/ subfolder", file=sys.stderr)
             return 2
         splits[split] = d
     try:
-        metrics = train_model(cfg, splits["train"], splits["eval"], args.out, args.export_dir)
+        metrics = train_model(cfg, splits[F.TRAIN_SPLIT], splits[F.EVAL_SPLIT], args.out, args.export_dir)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

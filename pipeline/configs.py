@@ -2,7 +2,7 @@
 
 The local runner, the Kubeflow runner, the demo and the tests all build a :class:`PipelineSettings`
 (defaults below, environment overrides via :meth:`PipelineSettings.from_env`) and hand it to
-:func:`pipeline.pipeline.create_pipeline`. Nothing else in ``pipeline/`` hard-codes a path or a number.
+:func:`pipeline.dag.create_pipeline`. Nothing else in ``pipeline/`` hard-codes a path or a number.
 """
 from __future__ import annotations
 
@@ -13,14 +13,18 @@ import shlex
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from cxr_tfp import __version__
+from cxr_tfp.features import EVAL_SPLIT, SPLITS, TEST_SPLIT, TRAIN_SPLIT  # noqa: F401 (re-exported to the DAG)
+from cxr_tfp.model_dir import MODEL_NAME
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINE_NAME = "cxr-tfp"
 # The served model's name: TF Serving's ``--model_name`` and the top folder of the push base path.
-SERVING_MODEL_NAME = "cxr_tfp"
+SERVING_MODEL_NAME = MODEL_NAME
 
 # The container image the components run in on Kubeflow / Vertex (built from the repo's Dockerfile).
-PIPELINE_IMAGE = os.environ.get("CXR_TFP_PIPELINE_IMAGE", "cxr-tfp-pipeline:0.1.0")
+PIPELINE_IMAGE = os.environ.get("CXR_TFP_PIPELINE_IMAGE", f"cxr-tfp-pipeline:{__version__}")
 
 # Training: a config file of the training package plus overrides (both resolved at pipeline build
 # time into Trainer.custom_config, so a change of any option invalidates the TFX cache).
@@ -29,8 +33,9 @@ DEFAULT_TRAIN_CONFIG = str(REPO_ROOT / "configs" / "smoke.yaml")
 # The curated schema (generated from the feature contract by ``python -m pipeline.schema_tools``).
 CURATED_SCHEMA_DIR = str(REPO_ROOT / "pipeline" / "schema")
 
-# Splits of the data issue's TFRecords: <data_root>/{train,eval,test}/*.tfrecord.gz.
-SPLITS: Tuple[str, ...] = ("train", "eval", "test")
+# Splits of the records (cxr_tfp.features.SPLITS): <data_root>/{train,eval,test}/*.tfrecord.gz;
+# TRAIN_SPLIT, EVAL_SPLIT and SPLITS are imported above. The Evaluator measures the test split.
+EVALUATOR_SPLIT = TEST_SPLIT
 
 # Where the pipeline starts: "raw" (the chest X-ray ExampleGen reads the dataset folder: the default)
 # or "tfrecords" (ImportExampleGen over a finished build, for users who already have TFRecords).
@@ -39,7 +44,6 @@ INPUTS = ("raw", "tfrecords")
 # for dated folders). Each span folder is a whole dataset in its published layout; a run builds the
 # latest span.
 SPAN_FOLDER = "{SPAN}"
-TRAIN_SPLIT, EVAL_SPLIT, EVALUATOR_SPLIT = "train", "eval", "test"
 
 # Evaluator slices (feature keys of the contract; overall is always included).
 SLICE_FEATURES: Tuple[str, ...] = ("view", "dataset")

@@ -125,7 +125,7 @@ def _predict(push_base: str, model_name: str, files: List[str]) -> tuple:
     from cxr_tfp import client
 
     try:
-        from cxr_tfp.serving_standin import start_server
+        from serving.standin import start_server
     except ImportError as exc:  # pragma: no cover - only when the stand-in is absent
         print(f"    (gRPC stand-in unavailable: {exc}; predicting in-process with "
               f"predict_files_local instead)")
@@ -190,8 +190,8 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
     _route_tfx_logs(log_path)
     from tfx import v1 as tfx
 
-    from pipeline import pipeline as P
-    from pipeline.pipeline import create_pipeline
+    from pipeline import dag as P
+    from pipeline.dag import create_pipeline
     from pipeline import run_report as R
 
     from pipeline.anomalies_gate import DataAnomaliesError

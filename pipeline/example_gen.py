@@ -3,7 +3,7 @@
 TFX's custom ExampleGen pattern: a ``FileBasedExampleGen`` (its driver resolves ``{SPAN}`` folders and
 fingerprints the input for the cache) with a custom Beam executor. The executor runs the library's
 dataset adapter on the launcher, then applies the library's Beam graph
-(:func:`cxr_tfp.data.build.examples_transform`, the one the standalone build runs) on the
+(:func:`cxr_tfp.records.graph.examples_transform`, the one the standalone build runs) on the
 pipeline's Beam runner with the pipeline's ``beam_pipeline_args``, and writes TFX's
 ``Split-{train,eval,test}/`` layout with the standalone build's shard writer. Splits are by patient
 (salted hash), as in the standalone build, so the shard files are the same, byte for byte, given the
@@ -40,7 +40,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from cxr_tfp.privacy import SPLITS
+from cxr_tfp.features import SPLITS
 
 # File name suffixes of the tables adapters read (labels, splits, boxes, gaze): what
 # ``label_tables_sha256`` covers. Images are left out: they are fingerprinted by TFX's driver.
@@ -65,9 +65,9 @@ def chest_xray_example_gen(dataset: str, raw_root: str, image_size: int, *,
     ``raw_root`` itself is the dataset (span 0). ``split_fractions``: train/eval/test fractions of
     patients (split by salted patient hash; official splits win where the dataset has them).
     ``adapter_options``: the adapter's and the build's options (``max_rejected_fraction``,
-    ``resize_mode``, ``views``, ``synthetic_patients``, ...), as for ``cxr_tfp.data.build.build``.
+    ``resize_mode``, ``views``, ``synthetic_patients``, ...), as for ``cxr_tfp.records.build.build``.
     """
-    from cxr_tfp.data.build import parse_options
+    from cxr_tfp.records.build import parse_options
 
     options = dict(adapter_options or {})
     if "salt" in options:
@@ -140,8 +140,10 @@ class Executor(BaseExampleGenExecutor):
            exec_properties: Dict[str, Any]) -> None:
         import apache_beam as beam
 
-        from cxr_tfp.data import build as B
-        from cxr_tfp.data.shards import fill_empty_shards, write_sorted_shards
+        from cxr_tfp.records import accounting as A
+        from cxr_tfp.records import build as B
+        from cxr_tfp.records.graph import examples_transform, write_work_shards
+        from cxr_tfp.records.shards import SHARD_SUFFIX, fill_empty_shards, write_sorted_shards
         from cxr_tfp.privacy import salt_fingerprint
         from cxr_tfp.staging import owner_only_umask
 
@@ -169,32 +171,32 @@ class Executor(BaseExampleGenExecutor):
         scratch = Path(uri) / ".scratch"
         try:
             with owner_only_umask():
-                shards, key = B.write_work_shards(records, cfg, scratch / "work")
+                shards, key = write_work_shards(records, cfg, scratch / "work")
                 counts = B.split_shard_counts(len(records), cfg)
                 prefixes = {sp: os.path.join(artifact_utils.get_split_uri([examples], sp), "data")
                             for sp in SPLITS}
                 with self._make_beam_pipeline() as p:
-                    res = p | "ChestXrayExamples" >> B.examples_transform(shards, key, cfg)
+                    res = p | "ChestXrayExamples" >> examples_transform(shards, key, cfg)
                     # The standalone build's writer (not TFX's WriteSplit): shards by example-key
                     # hash, key-sorted, so the files are the standalone build's, byte for byte.
                     for sp in SPLITS:
                         _ = res[sp] | f"WriteSplit[{sp}]" >> write_sorted_shards(
-                            prefixes[sp], counts[sp], B.SHARD_SUFFIX)
+                            prefixes[sp], counts[sp], SHARD_SUFFIX)
                     _ = res["dead"] | "WriteDead" >> beam.io.WriteToText(
                         str(scratch / "dead" / "dead"), file_name_suffix=".jsonl")
                     _ = (res["stats"] | "StatsJson" >> beam.Map(json.dumps)
                          | "WriteStats" >> beam.io.WriteToText(str(scratch / "stats" / "stats"),
                                                                file_name_suffix=".json", num_shards=1))
                 for sp in SPLITS:
-                    fill_empty_shards(prefixes[sp], counts[sp], B.SHARD_SUFFIX)
+                    fill_empty_shards(prefixes[sp], counts[sp], SHARD_SUFFIX)
                 worker_dead = [json.loads(ln) for ln in B._read_lines(scratch / "dead" / "dead")]
                 stats_lines = B._read_lines(scratch / "stats" / "stats")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        stats = json.loads(stats_lines[0]) if stats_lines else dict(B.EMPTY_STATS)
+        stats = json.loads(stats_lines[0]) if stats_lines else A.empty_stats()
         options = self._beam_pipeline_args or []
         runner = next((a.split("=", 1)[1] for a in options if a.startswith("--runner=")), "DirectRunner")
-        summary = B._summarise(params["dataset"], root, Path(uri), cfg, adapter, records, pre_rejected,
+        summary = A.summarise(params["dataset"], root, Path(uri), cfg, adapter, records, pre_rejected,
                                worker_dead, stats, time.monotonic() - t0,
                                extra["max_rejected_fraction"], runner, None)
         summary["files"] = {sp: sorted(os.listdir(artifact_utils.get_split_uri([examples], sp)))
@@ -207,10 +209,10 @@ class Executor(BaseExampleGenExecutor):
         summary["span"] = int(exec_properties.get("span") or 0)
         table_sum = tables_checksum(root, [opts.get("label_table") or "", opts.get("labels_csv") or ""])
         summary["label_tables_sha256"] = table_sum
-        B._write_dead_letters(Path(uri), [B._rejected_line(r, params["dataset"]) for r in pre_rejected]
+        A.write_dead_letters(Path(uri), [A.rejected_line(r, params["dataset"]) for r in pre_rejected]
                               + worker_dead, extra["redact_sources"], cfg.salt)
         assert summary["in"] == summary["written"] + summary["rejected"], "accounting bug"
-        msg = B._check_fraction(summary, extra["max_rejected_fraction"])
+        msg = A.check_fraction(summary, extra["max_rejected_fraction"])
         if msg:
             summary.update(status="failed", error=msg)
         with open(os.path.join(uri, SUMMARY), "w") as fh:

@@ -7,15 +7,10 @@ Every component runs in the project image (``configs.PIPELINE_IMAGE``, built fro
 Dockerfile). See pipeline/README.md for submitting the spec to a KFP v2 cluster or to Vertex.
 """
 import os
-import sys
 from typing import Optional
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [_REPO]:
-    sys.path.insert(0, _REPO)
-
-from pipeline import configs  # noqa: E402
-from pipeline.pipeline import create_pipeline  # noqa: E402
+from pipeline import configs
+from pipeline.dag import create_pipeline
 
 # Where the Dockerfile puts the repo (WORKDIR /pipeline): the curated schema's path in the image.
 IMAGE_REPO_ROOT = "/pipeline"

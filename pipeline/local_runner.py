@@ -9,16 +9,11 @@ passes no arguments), e.g. ``CXR_TFP_RAW_ROOT=demo_out/raw CXR_TFP_OUTPUT_ROOT=t
 ``CXR_TFP_INPUT=tfrecords CXR_TFP_DATA_ROOT=...`` to start from finished TFRecords).
 """
 import os
-import sys
 
-# Run as a script (python pipeline/local_runner.py, or by the tfx CLI), this file's folder is
-# sys.path[0] and its pipeline.py would shadow the `pipeline` package: put the repo root first.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [_REPO]:
-    sys.path.insert(0, _REPO)
-
-from pipeline import configs  # noqa: E402  (sets TF_USE_LEGACY_KERAS before tfx loads)
-from pipeline.pipeline import create_pipeline  # noqa: E402
+# Run as a script (by the tfx CLI) this folder is searched first; no module in it is named like a
+# package, so `pipeline` resolves to the repo's package (editable install, or PYTHONPATH=repo root).
+from pipeline import configs  # sets TF_USE_LEGACY_KERAS before tfx loads
+from pipeline.dag import create_pipeline
 
 
 def run(settings: "configs.PipelineSettings | None" = None, **create_kwargs) -> None:
@@ -35,7 +30,7 @@ def run(settings: "configs.PipelineSettings | None" = None, **create_kwargs) -> 
                         "or set CXR_TFP_RAW_ROOT (span sub-folders 1/, 2/, ...)", settings.raw_root)
     if settings.input == "tfrecords" and not os.path.isdir(
             os.path.join(settings.data_root, configs.TRAIN_SPLIT)):
-        logging.warning("no %s split under %s: build TFRecords first (python -m cxr_tfp.data.build "
+        logging.warning("no %s split under %s: build TFRecords first (python -m cxr_tfp.records.build "
                         "...) or set CXR_TFP_DATA_ROOT", configs.TRAIN_SPLIT, settings.data_root)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(settings, **create_kwargs))
 

@@ -9,7 +9,7 @@ import glob
 import os
 from typing import Dict, List, Optional, Sequence
 
-from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 
 # ml_metadata Execution.State values.
 STATE_NAMES = {0: "UNKNOWN", 1: "NEW", 2: "RUNNING", 3: "COMPLETE", 4: "FAILED", 5: "CACHED",
@@ -93,10 +93,8 @@ def latest_run(metadata_path: str) -> RunSummary:
 
 
 def pushed_versions(push_base: str) -> List[str]:
-    """Version folders under a TF Serving base path, oldest first."""
-    if not os.path.isdir(push_base):
-        return []
-    return sorted((d for d in os.listdir(push_base) if d.isdigit()), key=int)
+    """Version folders (names) holding a SavedModel under a TF Serving base path, oldest first."""
+    return [str(v) for v in MD.pushed_versions(push_base)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,4 +185,4 @@ def check_pushed_model(version_dir: str) -> Dict[str, List[str]]:
 
     loaded = tf.saved_model.load(version_dir)
     return {name: sorted(fn.structured_outputs) for name, fn in loaded.signatures.items()
-            if name in (F.SERVING_SIGNATURE, F.IMAGE_SIGNATURE)}
+            if name in (MD.SERVING_SIGNATURE, MD.IMAGE_SIGNATURE)}

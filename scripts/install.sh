@@ -14,8 +14,19 @@ STAMP="$VENV/.cxr_tfp_install_stamp"
 want=$(cat "$REQ"/constraints.txt "$REQ"/base.txt "$REQ"/nodeps.txt "$REQ"/kfp.txt "$REQ"/dev.txt setup.py \
         | sha256sum | cut -d' ' -f1)
 
+# The checkout's top-level folders pipeline/ and serving/ (TFX runners, the stand-in server) are not
+# part of the installed library; a .pth puts the checkout on sys.path so `tfx pipeline create
+# --pipeline_path pipeline/local_runner.py` and `python -m serving.standin` work from anywhere
+# (the pipeline image does the same with PYTHONPATH=/pipeline).
+link_checkout() {
+  local site
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$PWD" > "$site/cxr_tfp_checkout.pth"
+}
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   echo "[install] $VENV is up to date (pins unchanged); checking imports"
+  link_checkout
   "$VENV/bin/python" scripts/check_imports.py
   exit 0
 fi
@@ -41,6 +52,7 @@ echo "[install] step 2/3: tfx, ml-pipelines-sdk, ml-metadata, TFDV without their
 
 echo "[install] step 3/3: cxr-tfp itself (editable)"
 "${PIP[@]}" install --no-deps --no-build-isolation -e .
+link_checkout
 
 "$VENV/bin/python" scripts/check_imports.py
 echo "$want" > "$STAMP"

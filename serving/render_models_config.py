@@ -9,9 +9,10 @@ The container path (``--container_base_path``) is what the server sees, not the 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Optional
+
+from cxr_tfp.model_dir import MODEL_NAME, pushed_versions
 
 TEMPLATE = """\
 # Rendered by serving/render_models_config.py from {source} (versions found: {versions}).
@@ -39,15 +40,7 @@ model_config_list {{
 """
 
 
-def pushed_versions(base_path: str) -> List[int]:
-    """Numeric version folders holding a saved_model.pb, ascending."""
-    if not os.path.isdir(base_path):
-        return []
-    return sorted(int(d) for d in os.listdir(base_path)
-                  if d.isdigit() and os.path.isfile(os.path.join(base_path, d, "saved_model.pb")))
-
-
-def render(base_path: str, model_name: str = "cxr_tfp", container_base_path: Optional[str] = None,
+def render(base_path: str, model_name: str = MODEL_NAME, container_base_path: Optional[str] = None,
            stable: Optional[int] = None, canary: Optional[int] = None) -> str:
     """The models.config text for the versions under ``base_path``."""
     versions = pushed_versions(base_path)
@@ -64,7 +57,7 @@ def render(base_path: str, model_name: str = "cxr_tfp", container_base_path: Opt
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     p.add_argument("--base_path", required=True, help="host folder <serving_root>/<model_name>")
-    p.add_argument("--model_name", default="cxr_tfp")
+    p.add_argument("--model_name", default=MODEL_NAME)
     p.add_argument("--container_base_path", default=None, help="default /models/<model_name>")
     p.add_argument("--stable", type=int, default=None)
     p.add_argument("--canary", type=int, default=None)

@@ -7,11 +7,13 @@ import pytest
 import tensorflow as tf
 
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp.config import TrainConfig
-from cxr_tfp.export import WARMUP_FILE, export_saved_model, read_labels, read_thresholds, sample_inputs
+from cxr_tfp.export import export_saved_model, sample_inputs
+from cxr_tfp.model_dir import WARMUP_FILE, read_labels, read_thresholds
 from cxr_tfp.labels import FINDINGS
 from cxr_tfp.model import build_model
-from cxr_tfp.preprocess import decode_image
+from cxr_tfp.preprocess import decode_image_tensor
 
 
 @pytest.fixture(scope="module")
@@ -28,26 +30,26 @@ def exported(tmp_path_factory):
 def test_signatures_match_the_keras_model(exported):
     model, _, loaded = exported
     pngs, examples = sample_inputs(48, 3)          # stored at 48 px: the signature resizes to 32
-    ex = loaded.signatures[F.SERVING_SIGNATURE](**{F.EXAMPLES_INPUT: tf.constant(examples)})
-    im = loaded.signatures[F.IMAGE_SIGNATURE](**{F.IMAGES_INPUT: tf.constant(pngs)})
-    ref = model.predict_with_uncertainty(np.stack([decode_image(p, 32).numpy() for p in pngs]))
-    for key in (F.PROBABILITIES, F.UNCERTAINTY):
+    ex = loaded.signatures[MD.SERVING_SIGNATURE](**{MD.EXAMPLES_INPUT: tf.constant(examples)})
+    im = loaded.signatures[MD.IMAGE_SIGNATURE](**{MD.IMAGES_INPUT: tf.constant(pngs)})
+    ref = model.predict_with_uncertainty(np.stack([decode_image_tensor(p, 32).numpy() for p in pngs]))
+    for key in (MD.PROBABILITIES, MD.UNCERTAINTY):
         assert ex[key].shape == (3, 3) and ex[key].dtype == tf.float32
         np.testing.assert_allclose(ex[key].numpy(), ref[key], atol=1e-6)
         np.testing.assert_allclose(im[key].numpy(), ref[key], atol=1e-6)
-    assert set(im) == {F.PROBABILITIES, F.UNCERTAINTY, F.LABEL_NAMES, F.THRESHOLDS}
+    assert set(im) == {MD.PROBABILITIES, MD.UNCERTAINTY, MD.LABEL_NAMES, MD.THRESHOLDS}
     # Names and thresholds travel with every row, in output order, so a client needs no model files.
-    assert [n.decode() for n in im[F.LABEL_NAMES].numpy()[2]] == list(model.findings)
+    assert [n.decode() for n in im[MD.LABEL_NAMES].numpy()[2]] == list(model.findings)
     # model.thresholds sets Mass and Effusion; Hernia was never evaluated and gets 0.5.
-    np.testing.assert_allclose(im[F.THRESHOLDS].numpy(), [[0.2, 0.7, 0.5]] * 3)
-    full = ex[F.PROBABILITIES_FULL].numpy()
+    np.testing.assert_allclose(im[MD.THRESHOLDS].numpy(), [[0.2, 0.7, 0.5]] * 3)
+    full = ex[MD.PROBABILITIES_FULL].numpy()
     assert full.shape == (3, len(FINDINGS))
     for j, name in enumerate(model.findings):
-        np.testing.assert_allclose(full[:, FINDINGS.index(name)], ex[F.PROBABILITIES].numpy()[:, j])
+        np.testing.assert_allclose(full[:, FINDINGS.index(name)], ex[MD.PROBABILITIES].numpy()[:, j])
     others = [i for i, n in enumerate(FINDINGS) if n not in model.findings]
     assert np.all(full[:, others] == 0)
-    again = loaded.signatures[F.SERVING_SIGNATURE](**{F.EXAMPLES_INPUT: tf.constant(examples)})
-    np.testing.assert_array_equal(again[F.PROBABILITIES].numpy(), ex[F.PROBABILITIES].numpy())
+    again = loaded.signatures[MD.SERVING_SIGNATURE](**{MD.EXAMPLES_INPUT: tf.constant(examples)})
+    np.testing.assert_array_equal(again[MD.PROBABILITIES].numpy(), ex[MD.PROBABILITIES].numpy())
 
 
 def test_examples_with_only_an_image_are_accepted(exported):
@@ -55,8 +57,8 @@ def test_examples_with_only_an_image_are_accepted(exported):
     png = sample_inputs(32, 1)[0][0]
     ex = tf.train.Example(features=tf.train.Features(feature={
         F.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[png]))}))
-    out = loaded.signatures[F.SERVING_SIGNATURE](**{F.EXAMPLES_INPUT: tf.constant([ex.SerializeToString()])})
-    assert out[F.PROBABILITIES].shape == (1, 3)
+    out = loaded.signatures[MD.SERVING_SIGNATURE](**{MD.EXAMPLES_INPUT: tf.constant([ex.SerializeToString()])})
+    assert out[MD.PROBABILITIES].shape == (1, 3)
 
 
 def test_assets_travel_with_the_model(exported):
@@ -64,7 +66,7 @@ def test_assets_travel_with_the_model(exported):
     assert read_labels(d) == model.findings
     thr = read_thresholds(d)
     assert thr == {"Mass": pytest.approx(0.2), "Effusion": pytest.approx(0.7), "Hernia": 0.5}
-    assert os.path.exists(os.path.join(d, "assets", F.LABELS_ASSET))
+    assert os.path.exists(os.path.join(d, "assets", MD.LABELS_ASSET))
 
 
 def test_warmup_requests_cover_both_signatures(exported):
@@ -76,10 +78,10 @@ def test_warmup_requests_cover_both_signatures(exported):
         log = prediction_log_pb2.PredictionLog()
         log.ParseFromString(rec.numpy())
         logs.append(log.predict_log.request)
-    assert {r.model_spec.signature_name for r in logs} == {F.SERVING_SIGNATURE, F.IMAGE_SIGNATURE}
+    assert {r.model_spec.signature_name for r in logs} == {MD.SERVING_SIGNATURE, MD.IMAGE_SIGNATURE}
     for req in logs:
         (key, proto), = req.inputs.items()
-        assert key == {F.SERVING_SIGNATURE: F.EXAMPLES_INPUT, F.IMAGE_SIGNATURE: F.IMAGES_INPUT}[
+        assert key == {MD.SERVING_SIGNATURE: MD.EXAMPLES_INPUT, MD.IMAGE_SIGNATURE: MD.IMAGES_INPUT}[
             req.model_spec.signature_name]
         out = loaded.signatures[req.model_spec.signature_name](**{key: tf.make_ndarray(proto)})
-        assert np.all(np.isfinite(out[F.PROBABILITIES].numpy()))
+        assert np.all(np.isfinite(out[MD.PROBABILITIES].numpy()))

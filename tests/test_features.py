@@ -100,6 +100,8 @@ def test_list_files_names_the_missing_pattern(tmp_path):
 
 
 def test_every_adapter_writes_a_dataset_value_of_the_contract():
-    from cxr_tfp.datasets import DATASETS
+    from cxr_tfp.datasets import DATASETS, adapter_class
 
-    assert set(DATASETS) == set(F.DATASETS)
+    assert DATASETS == F.DATASETS
+    for name in F.DATASETS:   # every contract name has an importable adapter
+        assert adapter_class(name).__name__.endswith("Adapter")

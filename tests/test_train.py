@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp.config import TrainConfig, load_config
-from cxr_tfp.export import read_labels
+from cxr_tfp.model_dir import read_labels
 from cxr_tfp.train import main, train_model
 from tests.model.synth import make_records, write_dataset, write_split
 
@@ -66,10 +67,10 @@ def test_keras_and_savedmodel_agree(trained, data):
     assert read_labels(sm) == model.findings
     first = sorted(tf.io.gfile.glob(os.path.join(data, "eval", "*")))[0]   # one file: one order
     raw = next(iter(tf.data.TFRecordDataset([first], compression_type="GZIP").batch(8)))
-    got = tf.saved_model.load(sm).signatures[F.SERVING_SIGNATURE](**{F.EXAMPLES_INPUT: raw})
+    got = tf.saved_model.load(sm).signatures[MD.SERVING_SIGNATURE](**{MD.EXAMPLES_INPUT: raw})
     x, _ = next(iter(make_dataset([first], 32, model.findings, 8)))
     ref = model.predict_with_uncertainty(x["image"].numpy())
-    np.testing.assert_allclose(got[F.PROBABILITIES].numpy(), ref[F.PROBABILITIES], atol=1e-5)
+    np.testing.assert_allclose(got[MD.PROBABILITIES].numpy(), ref[MD.PROBABILITIES], atol=1e-5)
 
 
 class Killed(Exception):

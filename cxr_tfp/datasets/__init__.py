@@ -20,6 +20,9 @@ from __future__ import annotations
 import importlib
 from typing import Dict, Tuple
 
+from cxr_tfp.features import DATASETS
+
+# name (one of cxr_tfp.features.DATASETS, the one list of dataset names) -> (module, class)
 _ADAPTERS: Dict[str, Tuple[str, str]] = {
     "nih": ("cxr_tfp.datasets.nih", "NIHAdapter"),
     "mimic": ("cxr_tfp.datasets.mimic", "MIMICAdapter"),
@@ -28,7 +31,8 @@ _ADAPTERS: Dict[str, Tuple[str, str]] = {
     "dicom": ("cxr_tfp.datasets.dicom_folder", "DicomFolderAdapter"),
     "synthetic": ("cxr_tfp.datasets.synthetic", "SyntheticAdapter"),
 }
-DATASETS = tuple(_ADAPTERS)
+if tuple(_ADAPTERS) != DATASETS:  # import-time guard: every contract name has exactly one adapter
+    raise ImportError(f"adapters {tuple(_ADAPTERS)} do not match cxr_tfp.features.DATASETS {DATASETS}")
 
 
 def adapter_class(name: str):

@@ -71,6 +71,7 @@ from cxr_tfp.datasets.base import DatasetLayoutError, Item, SourceRecord
 from cxr_tfp.datasets.egd import attach_gaze, read_fixations
 from cxr_tfp.datasets.nih import LABEL_TABLES, NIHAdapter
 from cxr_tfp.datasets.base import find_first
+from cxr_tfp.features import EVAL_SPLIT, SPLITS, TEST_SPLIT, TRAIN_SPLIT
 from cxr_tfp.labels import SYNTHETIC_FINDINGS
 from cxr_tfp.privacy import assign_split, get_salt, parse_fractions, salt_fingerprint
 
@@ -225,7 +226,7 @@ def _choose_patients(n: int, salt: Optional[str], fractions) -> List[Tuple[int, 
         n_test = max(1, int(round(f[2] * n))) if f[2] > 0 else 0
     else:
         n_eval = n_test = 0
-    quota = {"train": n - n_eval - n_test, "eval": n_eval, "test": n_test}
+    quota = {TRAIN_SPLIT: n - n_eval - n_test, EVAL_SPLIT: n_eval, TEST_SPLIT: n_test}
     out: List[Tuple[int, str]] = []
     pid = 0
     while len(out) < n:
@@ -279,7 +280,7 @@ def generate(root: Union[str, Path], n_patients: int = 60, images_per_patient: i
                            "age": age + k, "sex": sex, "anat": a, "lesions": lesions,
                            "seed": int(rng.integers(0, 2 ** 31 - 1))})
     # Annotated subset, chosen within each split so that every non-empty split has some.
-    for s in ("train", "eval", "test"):
+    for s in SPLITS:
         idx = [i for i, im in enumerate(images) if im["split"] == s]
         if not idx:
             continue
@@ -289,7 +290,7 @@ def generate(root: Union[str, Path], n_patients: int = 60, images_per_patient: i
     for im in images:
         # Own stream per image (seed + 2): the labelled content and annotations do not change with decoys.
         drng = np.random.default_rng(im["seed"] + 2)
-        if shortcut > 0 and im["split"] == "train":
+        if shortcut > 0 and im["split"] == TRAIN_SPLIT:
             copies = [n for n, _, _ in im["lesions"] if drng.uniform() < shortcut]
             im["decoys"] = [(n,) + _sample_decoy(im["anat"], drng, im["lesions"]) for n in copies]
             continue

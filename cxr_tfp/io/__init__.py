@@ -5,17 +5,12 @@ Pillow + numpy + pydicom; no TensorFlow. Typical use::
     from cxr_tfp.io import prepare_image
     stored = prepare_image("/path/to/file.dcm", size=256)   # uint8 [256, 256], as in the TFRecords
 """
+from cxr_tfp.io.decoded import DecodedImage
+from cxr_tfp.io.dicom import decode_dicom
 from cxr_tfp.io.errors import DecodeError, InputError, MissingFileError, NotChestXrayError
-from cxr_tfp.io.images import (RESIZE_MODES, DecodedImage, Geometry, decode_image, decode_raster,
-                               is_dicom, load_image, prepare_image, read_bytes, resize_to_square)
+from cxr_tfp.io.images import (RESIZE_MODES, Geometry, decode_image, decode_raster, is_dicom, load_image,
+                               prepare_image, read_bytes, resize_to_square)
 from cxr_tfp.io.views import normalise_view
-
-
-def decode_dicom(data: bytes) -> DecodedImage:
-    """DICOM bytes -> :class:`DecodedImage` (see :mod:`cxr_tfp.io.dicom`)."""
-    from cxr_tfp.io.dicom import decode_dicom as _d
-
-    return _d(data)
 
 
 __all__ = [

@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from cxr_tfp.io.errors import DecodeError, NotChestXrayError
-from cxr_tfp.io.images import DecodedImage
+from cxr_tfp.io.decoded import DecodedImage
 from cxr_tfp.io.views import normalise_view
 
 XRAY_MODALITIES = ("CR", "DX", "DR", "RG")

@@ -9,7 +9,7 @@ pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, so its centre is at ``(j + 0.5,
 
 Resize modes:
 - ``stretch`` (default): the whole image, each axis scaled independently. This is what
-  :func:`cxr_tfp.preprocess.decode_image` does to an image sent to the serving signature, so a
+  :func:`cxr_tfp.preprocess.decode_image_tensor` does to an image sent to the serving signature, so a
   stored image and a served image of the same radiograph look the same to the model.
 - ``crop``: centre square crop of side ``min(w, h)``, then scale (keeps aspect; may cut annotations,
   which are then clipped).
@@ -21,10 +21,12 @@ from __future__ import annotations
 import dataclasses
 import io as _io
 import os
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 
+from cxr_tfp.io.decoded import DecodedImage
+from cxr_tfp.io.dicom import decode_dicom
 from cxr_tfp.io.errors import DecodeError, MissingFileError, NotChestXrayError
 
 RESIZE_MODES = ("stretch", "crop", "pad")
@@ -52,18 +54,6 @@ def read_bytes(path: Union[str, os.PathLike]) -> bytes:
 def is_dicom(data: bytes) -> bool:
     """True for a DICOM Part-10 file (``DICM`` magic at byte 128)."""
     return len(data) >= 132 and bytes(data[128:132]) == b"DICM"
-
-
-@dataclasses.dataclass
-class DecodedImage:
-    """A decoded grey image plus what the decoder learnt about it."""
-
-    pixels: np.ndarray                  # uint8 [H, W]
-    view: Optional[str] = None          # from DICOM ViewPosition (normalised), else None
-    patient_id: Optional[str] = None    # from DICOM (PatientID); never logged or written
-    study_id: Optional[str] = None      # from DICOM (StudyInstanceUID)
-    image_id: Optional[str] = None      # from DICOM (SOPInstanceUID)
-    source_format: str = "png"          # png / jpeg / dicom / ...
 
 
 def _to_uint8_grey(img) -> np.ndarray:
@@ -126,8 +116,6 @@ def decode_image(data: bytes, max_pixels: Optional[int] = None,
     keep DICOMs whose header says ``BurnedInAnnotation YES`` (rejected by default).
     """
     if is_dicom(data):
-        from cxr_tfp.io.dicom import decode_dicom
-
         out = decode_dicom(data, max_pixels=max_pixels, allow_burned_in=allow_burned_in)
     else:
         from PIL import Image  # noqa: F401  (fail early if Pillow is missing)

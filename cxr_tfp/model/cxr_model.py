@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp.labels import FINDINGS, resolve_vocabulary
 from cxr_tfp.model.backbones import build_backbone
 from cxr_tfp.weights import DEFAULT_SCALING
@@ -147,9 +148,9 @@ class CxrModel(keras.Model):
         return mean, std
 
     def call(self, inputs, training: bool = False):
-        images = inputs["image"] if isinstance(inputs, dict) else inputs
+        images = inputs[F.X_IMAGE] if isinstance(inputs, dict) else inputs
         mean, std = self.predict_from_features(self.features(images, training=False))
-        return {F.PROBABILITIES: mean, F.UNCERTAINTY: std}
+        return {MD.PROBABILITIES: mean, MD.UNCERTAINTY: std}
 
     def predict_with_uncertainty(self, images: np.ndarray, num_samples: Optional[int] = None,
                                  batch_size: int = 64) -> Dict[str, np.ndarray]:
@@ -168,7 +169,7 @@ class CxrModel(keras.Model):
             stds.append(s.numpy())
         L = len(self.findings)
         cat = (lambda xs: np.concatenate(xs, 0)) if means else (lambda xs: np.zeros((0, L), np.float32))
-        return {F.PROBABILITIES: cat(means), F.UNCERTAINTY: cat(stds)}
+        return {MD.PROBABILITIES: cat(means), MD.UNCERTAINTY: cat(stds)}
 
     def _predict_fn(self, num_samples: int):
         cache = self.__dict__.setdefault("_predict_fns", {})
@@ -248,14 +249,14 @@ class CxrModel(keras.Model):
 
     def compute_losses(self, x, y, training: bool = True):
         """``(loss, bce, kl)`` for a batch; ``x`` carries images or cached features (stage 2)."""
-        labels = tf.cast(y["labels"], tf.float32)
-        mask = tf.cast(y["mask"], tf.float32)
-        if "features" in x:
-            fmap = tf.cast(x["features"], tf.float32)
-            ann_grid = x.get("ann_grid")
+        labels = tf.cast(y[F.Y_LABELS], tf.float32)
+        mask = tf.cast(y[F.Y_MASK], tf.float32)
+        if F.X_FEATURES in x:
+            fmap = tf.cast(x[F.X_FEATURES], tf.float32)
+            ann_grid = x.get(F.X_ANN_GRID)
         else:
-            fmap = self.features(x["image"], training=training and self.backbone.trainable)
-            ann_grid = self.annotation_grid(x["annotation"]) if self.stage == 2 else None
+            fmap = self.features(x[F.X_IMAGE], training=training and self.backbone.trainable)
+            ann_grid = self.annotation_grid(x[F.X_ANNOTATION]) if self.stage == 2 else None
         mu_p, logvar_p = self.head.prior(fmap)
         b = tf.shape(mu_p)[0]
         it = tf.cast(self.optimizer.iterations, tf.int32) if self.optimizer is not None else 0
@@ -271,7 +272,7 @@ class CxrModel(keras.Model):
             # (BCE alone shrinks it to the floor, leaving no uncertainty and a sharp prior).
             kl = kl_diag_gaussians(mu_p, logvar_p, tf.zeros_like(mu_p), tf.zeros_like(logvar_p))
         else:
-            mu, logvar = self.posterior_or_prior(fmap, ann_grid, x["has_gaze"], x["has_boxes"], mu_p, logvar_p)
+            mu, logvar = self.posterior_or_prior(fmap, ann_grid, x[F.X_HAS_GAZE], x[F.X_HAS_BOXES], mu_p, logvar_p)
             kl = kl_diag_gaussians(mu, logvar, mu_p, logvar_p)
         z = mu[None] + tf.exp(0.5 * logvar)[None] * noise
         bce = self.masked_bce(self.head.classifier(z), labels, mask)

@@ -4,7 +4,7 @@ import pytest
 
 from cxr_tfp import labels as L
 from cxr_tfp.annotations import EGD_SIGMA_PX
-from cxr_tfp.data.process import ProcessConfig, process_record
+from cxr_tfp.records.process import ProcessConfig, process_record
 from cxr_tfp.datasets.base import DatasetLayoutError
 from cxr_tfp.datasets.egd import EGDAdapter
 from tests.datasets.layouts import make_egd

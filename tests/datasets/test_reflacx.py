@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from cxr_tfp import labels as L
-from cxr_tfp.data.process import ProcessConfig, process_record
+from cxr_tfp.records.process import ProcessConfig, process_record
 from cxr_tfp.datasets.base import DatasetLayoutError
 from cxr_tfp.datasets.reflacx import REFLACXAdapter
 from tests.datasets.layouts import make_reflacx

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cxr_tfp import staging as S
-from cxr_tfp.data import build as B
+from cxr_tfp.records import build as B
 from cxr_tfp.datasets.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,7 +145,7 @@ def test_rebuild_replaces_and_cleans(built, root):
 # --------------------------------------------------------------------------------------------- slow
 def _spawn_build(root: Path, out: Path, n_workers: int = 1) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, "-m", "cxr_tfp.data.build", "--dataset", "synthetic", "--root",
+    return subprocess.Popen([sys.executable, "-m", "cxr_tfp.records.build", "--dataset", "synthetic", "--root",
                              str(root), "--out", str(out), "--image-size", "16", "--workers", str(n_workers),
                              "--quiet"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

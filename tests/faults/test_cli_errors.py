@@ -59,7 +59,7 @@ def test_traceback_only_with_debug(capsys, monkeypatch):
 
 
 def test_argparse_errors_keep_exit_2(capsys):
-    from cxr_tfp.data.build import main
+    from cxr_tfp.records.build import main
 
     assert main(["--dataset", "nope"]) == 2
 
@@ -67,8 +67,8 @@ def test_argparse_errors_keep_exit_2(capsys):
 def test_every_cli_main_is_wrapped():
     import importlib
 
-    for mod in ("cxr_tfp.data.build", "cxr_tfp.train", "cxr_tfp.evaluate", "cxr_tfp.client",
-                "cxr_tfp.export", "cxr_tfp.serving_standin", "pipeline.demo"):
+    for mod in ("cxr_tfp.records.build", "cxr_tfp.train", "cxr_tfp.evaluate", "cxr_tfp.client",
+                "cxr_tfp.export", "serving.standin", "pipeline.demo"):
         assert hasattr(importlib.import_module(mod).main, "unwrapped"), mod
     for runner in ("pipeline/local_runner.py", "pipeline/kubeflow_v2_runner.py"):
         assert "cxr_tfp.cli import run" in (REPO / runner).read_text(), runner
@@ -108,7 +108,7 @@ def test_read_only_output_is_one_line_exit_2_and_nothing_lost(where, tiny_root, 
     os.chmod(ro if where == "parent" else out, 0o555)
     try:
         env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-        p = subprocess.run(_unprivileged([sys.executable, "-m", "cxr_tfp.data.build", "--dataset", "synthetic",
+        p = subprocess.run(_unprivileged([sys.executable, "-m", "cxr_tfp.records.build", "--dataset", "synthetic",
                                           "--root", str(tiny_root), "--out", str(out if where == "parent"
                                                                                  else out / "inner"),
                                           "--image-size", "16", "--workers", "1", "--quiet"]),
@@ -123,7 +123,7 @@ def test_read_only_output_is_one_line_exit_2_and_nothing_lost(where, tiny_root, 
 
 
 def test_bad_label_table_encoding_names_file_line_column(tiny_root, tmp_path, capsys):
-    from cxr_tfp.data.build import main
+    from cxr_tfp.records.build import main
 
     root = tmp_path / "root"
     shutil.copytree(tiny_root, root)
@@ -140,7 +140,7 @@ def test_bad_label_table_encoding_names_file_line_column(tiny_root, tmp_path, ca
 
 
 def test_renamed_required_column_is_an_error(tiny_root, tmp_path, capsys):
-    from cxr_tfp.data.build import main
+    from cxr_tfp.records.build import main
 
     root = tmp_path / "root"
     shutil.copytree(tiny_root, root)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_tfp.data import build as B
+from cxr_tfp.records import build as B
 from tests.faults import hostile
 
 SECRETS = ["PAT-SECRET-77", "Secret^Name", "SECRET HOSPITAL", "SECRETMOD", "SECRETBODY", "1.2.826.0.1.99999"]
@@ -66,7 +66,7 @@ def test_hostile_dicom_folder(hospital, tmp_path, capsys):
 
 def _process(data: bytes, tmp_path: Path, **cfg):
     """One file through the worker's code (what the Beam DoFn runs), without a whole build."""
-    from cxr_tfp.data.process import ProcessConfig, process_record
+    from cxr_tfp.records.process import ProcessConfig, process_record
     from cxr_tfp.datasets.base import SourceRecord, empty_labels
 
     p = tmp_path / "x.dcm"
@@ -172,7 +172,7 @@ def test_killed_build_leaves_no_readable_identifier(tmp_path):
     root = generate(tmp_path / "root", n_patients=40, image_size=48, seed=8)
     out = tmp_path / "o"
     env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="3")
-    p = subprocess.Popen([sys.executable, "-m", "cxr_tfp.data.build", "--dataset", "nih", "--root", str(root),
+    p = subprocess.Popen([sys.executable, "-m", "cxr_tfp.records.build", "--dataset", "nih", "--root", str(root),
                           "--out", str(out), "--image-size", "16", "--workers", "1", "--quiet"], cwd=repo, env=env)
     stage = S.staging_path(out)
     t0 = time.monotonic()

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 import keras
-from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp.config import TrainConfig
 from cxr_tfp.model import build_model, load_model
 from cxr_tfp.model.latent_head import (AttentionPool, GaussianParams, LatentHead, PosteriorNet, PriorNet,
@@ -69,13 +69,13 @@ def test_prediction_shapes_and_determinism():
     model = build_model(tiny_cfg())
     x = np.random.default_rng(0).random((3, 32, 32, 1)).astype(np.float32)
     out = model.predict_with_uncertainty(x)
-    assert out[F.PROBABILITIES].shape == (3, 4) and out[F.UNCERTAINTY].shape == (3, 4)
-    assert np.all((out[F.PROBABILITIES] > 0) & (out[F.PROBABILITIES] < 1))
-    assert np.all(out[F.UNCERTAINTY] > 0)
+    assert out[MD.PROBABILITIES].shape == (3, 4) and out[MD.UNCERTAINTY].shape == (3, 4)
+    assert np.all((out[MD.PROBABILITIES] > 0) & (out[MD.PROBABILITIES] < 1))
+    assert np.all(out[MD.UNCERTAINTY] > 0)
     again = model.predict_with_uncertainty(x)
-    np.testing.assert_array_equal(out[F.PROBABILITIES], again[F.PROBABILITIES])
+    np.testing.assert_array_equal(out[MD.PROBABILITIES], again[MD.PROBABILITIES])
     one = model.predict_with_uncertainty(x, num_samples=1)
-    np.testing.assert_allclose(one[F.UNCERTAINTY], 0, atol=1e-7)
+    np.testing.assert_allclose(one[MD.UNCERTAINTY], 0, atol=1e-7)
     assert model.findings == ("Cardiomegaly", "Effusion", "Mass", "Nodule") and model.image_size == 32
     with pytest.raises(ValueError, match="images must be"):
         model.predict_with_uncertainty(np.zeros((1, 16, 16, 1), np.float32))
@@ -116,8 +116,8 @@ def test_keras_save_load_identical_predictions(tmp_path):
     loaded = load_model(path)
     assert loaded.findings == model.findings and loaded.thresholds["Mass"] == pytest.approx(0.3)
     a, b = model.predict_with_uncertainty(x), loaded.predict_with_uncertainty(x)
-    np.testing.assert_array_equal(a[F.PROBABILITIES], b[F.PROBABILITIES])
-    np.testing.assert_array_equal(a[F.UNCERTAINTY], b[F.UNCERTAINTY])
+    np.testing.assert_array_equal(a[MD.PROBABILITIES], b[MD.PROBABILITIES])
+    np.testing.assert_array_equal(a[MD.UNCERTAINTY], b[MD.UNCERTAINTY])
     with pytest.raises(FileNotFoundError):
         load_model(str(tmp_path / "missing.keras"))
 
@@ -137,7 +137,7 @@ def test_keras_hub_backbones_build_offline(backbone, grid):
     model = build_model(tiny_cfg(backbone=backbone, image_size=64))
     assert model.grid_hw == (grid, grid)
     out = model.predict_with_uncertainty(np.zeros((1, 64, 64, 1), np.float32))
-    assert out[F.PROBABILITIES].shape == (1, 4)
+    assert out[MD.PROBABILITIES].shape == (1, 4)
 
 
 def test_three_channel_input_and_weights_file(tmp_path):

@@ -5,8 +5,9 @@ import os
 import pytest
 
 import pipeline  # noqa: F401  (Keras 3 pin before tfx)
-from cxr_tfp.data.build import build
-from cxr_tfp.privacy import ENV_VAR, FILE_ENV_VAR, SPLITS, salt_fingerprint
+from cxr_tfp.records.build import build
+from cxr_tfp.features import SPLITS
+from cxr_tfp.privacy import ENV_VAR, FILE_ENV_VAR, salt_fingerprint
 from pipeline import example_gen as EG
 
 IMAGE_SIZE = 32

@@ -6,10 +6,11 @@ import pytest
 
 import pipeline  # noqa: F401  (Keras 3 pin before tfx)
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp.config import load_config
 from cxr_tfp.labels import SYNTHETIC_FINDINGS, indices
 from pipeline import configs
-from pipeline import pipeline as P
+from pipeline import dag as P
 
 COMPONENT_IDS = [P.EXAMPLE_GEN, P.STATISTICS_GEN, P.SCHEMA_GEN, P.EXAMPLE_VALIDATOR,
                  P.ANOMALIES_GATE, P.TRAINER, P.RESOLVER, P.EVALUATOR, P.PUSHER]
@@ -108,7 +109,7 @@ def test_eval_config_thresholds_only_on_macro_auc_overall():
     ec = P.eval_config(SYNTHETIC_FINDINGS, 0.65, 0.02)
     spec = ec.model_specs[0]
     assert (spec.label_key, spec.prediction_key, spec.signature_name) == (
-        F.LABELS, F.PROBABILITIES_FULL, F.SERVING_SIGNATURE)
+        F.LABELS, MD.PROBABILITIES_FULL, MD.SERVING_SIGNATURE)
     thresholds = metric_specs.metric_thresholds_from_metrics_specs(ec.metrics_specs, ec)
     assert len(thresholds) == 2  # the macro AUC value and its diff against the baseline
     for key, entries in thresholds.items():

@@ -17,10 +17,11 @@ import pytest
 
 import pipeline  # noqa: F401  (Keras 3 pin before tfx)
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp.config import load_config
 from cxr_tfp.labels import SYNTHETIC_FINDINGS
 from pipeline import configs
-from pipeline import pipeline as P
+from pipeline import dag as P
 from pipeline import run_report as R
 from tests.pipeline.synthetic_records import write_splits
 
@@ -94,8 +95,8 @@ def test_first_run_blesses_and_pushes_a_servable_model(runs):
     assert first.pushed_destination == version_dir
     assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
     sigs = R.check_pushed_model(version_dir)
-    assert set(sigs[F.SERVING_SIGNATURE]) >= {F.PROBABILITIES, F.UNCERTAINTY, F.PROBABILITIES_FULL}
-    assert set(sigs[F.IMAGE_SIGNATURE]) >= {F.PROBABILITIES, F.UNCERTAINTY}
+    assert set(sigs[MD.SERVING_SIGNATURE]) >= {MD.PROBABILITIES, MD.UNCERTAINTY, MD.PROBABILITIES_FULL}
+    assert set(sigs[MD.IMAGE_SIGNATURE]) >= {MD.PROBABILITIES, MD.UNCERTAINTY}
     # The pushed model answers serialized tf.Examples with [B, L] and [B, NUM_FINDINGS].
     import tensorflow as tf
 
@@ -103,11 +104,11 @@ def test_first_run_blesses_and_pushes_a_servable_model(runs):
 
     raw = next(iter(tf.data.TFRecordDataset(list_files(os.path.join(examples, "Split-test")),
                                             compression_type="GZIP").batch(5)))
-    fn = tf.saved_model.load(version_dir).signatures[F.SERVING_SIGNATURE]
-    pred = fn(**{F.EXAMPLES_INPUT: raw})
-    assert pred[F.PROBABILITIES].shape == (5, len(SYNTHETIC_FINDINGS))
-    assert pred[F.PROBABILITIES_FULL].shape == (5, F.NUM_FINDINGS)
-    p = pred[F.PROBABILITIES].numpy()
+    fn = tf.saved_model.load(version_dir).signatures[MD.SERVING_SIGNATURE]
+    pred = fn(**{MD.EXAMPLES_INPUT: raw})
+    assert pred[MD.PROBABILITIES].shape == (5, len(SYNTHETIC_FINDINGS))
+    assert pred[MD.PROBABILITIES_FULL].shape == (5, F.NUM_FINDINGS)
+    p = pred[MD.PROBABILITIES].numpy()
     assert np.all((p >= 0) & (p <= 1))
     # TFMA: macro AUROC above the floor, per-finding AUROCs and counts, sliced by view and dataset.
     metrics = R.read_metrics(first.uri(P.EVALUATOR, "evaluation"))

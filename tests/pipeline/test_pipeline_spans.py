@@ -12,7 +12,7 @@ import os
 import pytest
 
 import pipeline  # noqa: F401  (Keras 3 pin before tfx)
-from pipeline import pipeline as P
+from pipeline import dag as P
 from pipeline import run_report as R
 from tests.pipeline.test_pipeline_e2e import GOOD, _run, raw_settings, write_raw_span
 

@@ -1,7 +1,7 @@
 """Fixtures for the serving tests.
 
 ``grpc_server`` is parametrised over two back ends serving the same tiny SavedModel:
-- ``standin``: :mod:`cxr_tfp.serving_standin`, a PredictionService written in Python that STANDS IN
+- ``standin``: :mod:`serving.standin`, a PredictionService written in Python that STANDS IN
   for TensorFlow Serving (no ``tensorflow_model_server`` binary can be installed here);
 - ``tf_serving``: a real ``tensorflow_model_server`` on loopback, when one is on PATH or named by
   ``$TENSORFLOW_MODEL_SERVER``; skipped with that reason otherwise.
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cxr_tfp import features
+from cxr_tfp import model_dir
 from tests.serving import tiny_model
 
 MODEL_NAME = "cxr_tfp"
@@ -44,7 +45,7 @@ def images(tmp_path_factory) -> dict:
     return out
 
 
-def image_request(paths, signature=features.IMAGE_SIGNATURE, model=MODEL_NAME):
+def image_request(paths, signature=model_dir.IMAGE_SIGNATURE, model=MODEL_NAME):
     """A PredictRequest for image files exactly as the client builds it."""
     from cxr_tfp.client import _make_request
 
@@ -57,7 +58,7 @@ def tiny_base(tmp_path_factory, images) -> str:
     base = tmp_path_factory.mktemp("serving") / MODEL_NAME
     tiny_model.build(str(base / "1"), warmup_requests=[
         image_request([images["black"], images["white"]]),
-        image_request([images["mid"]], signature=features.SERVING_SIGNATURE)])
+        image_request([images["mid"]], signature=model_dir.SERVING_SIGNATURE)])
     return str(base)
 
 
@@ -110,7 +111,7 @@ BACKENDS = ["standin", "tf_serving"]
 def serve(backend: str, base: str):
     """Start ``backend`` over the base path; returns (address, stop); skips tf_serving if absent."""
     if backend == "standin":
-        from cxr_tfp.serving_standin import start_server
+        from serving.standin import start_server
 
         srv = start_server(base, MODEL_NAME)
         return srv.address, srv.stop

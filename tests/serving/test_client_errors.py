@@ -23,7 +23,7 @@ def test_server_down_is_clear_after_retries(images, capsys):
 
 
 def test_retry_on_unavailable_reaches_a_server_that_starts_late(images, tiny_base):
-    from cxr_tfp.serving_standin import start_server
+    from serving.standin import start_server
 
     port = portpicker.pick_unused_port()
     started = {}

@@ -17,8 +17,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from cxr_tfp import client, features
+from cxr_tfp import model_dir
 from cxr_tfp.labels import FINDINGS
-from cxr_tfp.serving_standin import ServedModel, find_versions
+from serving.standin import ServedModel, find_versions
 
 WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
@@ -35,7 +36,7 @@ def loaded(export_dir):
 
 @pytest.fixture(scope="module")
 def labels(export_dir):
-    return [ln.strip() for ln in Path(export_dir, "assets", features.LABELS_ASSET).read_text()
+    return [ln.strip() for ln in Path(export_dir, "assets", model_dir.LABELS_ASSET).read_text()
             .splitlines() if ln.strip()]
 
 
@@ -54,41 +55,41 @@ def _example(img: np.ndarray) -> bytes:
 
 
 def test_assets_match_outputs(export_dir, loaded, labels):
-    thr = json.loads(Path(export_dir, "assets", features.THRESHOLDS_ASSET).read_text())
+    thr = json.loads(Path(export_dir, "assets", model_dir.THRESHOLDS_ASSET).read_text())
     assert labels and set(labels) <= set(FINDINGS)
     assert set(thr) == set(labels)
     assert all(0.0 < float(v) < 1.0 for v in thr.values())
-    out = loaded.signatures[features.IMAGE_SIGNATURE](
-        **{features.IMAGES_INPUT: tf.constant([features.encode_png(_radiograph(0))])})
-    assert out[features.PROBABILITIES].shape == (1, len(labels))
+    out = loaded.signatures[model_dir.IMAGE_SIGNATURE](
+        **{model_dir.IMAGES_INPUT: tf.constant([features.encode_png(_radiograph(0))])})
+    assert out[model_dir.PROBABILITIES].shape == (1, len(labels))
 
 
 def test_signature_defs_are_the_serving_contract(export_dir):
     sm = ServedModel("cxr_tfp", 1, export_dir, warmup=False)
-    for sig, key in ((features.SERVING_SIGNATURE, features.EXAMPLES_INPUT),
-                     (features.IMAGE_SIGNATURE, features.IMAGES_INPUT)):
+    for sig, key in ((model_dir.SERVING_SIGNATURE, model_dir.EXAMPLES_INPUT),
+                     (model_dir.IMAGE_SIGNATURE, model_dir.IMAGES_INPUT)):
         sd = sm.signature_defs[sig]
         assert list(sd.inputs) == [key]
         assert sd.inputs[key].dtype == tf.string.as_datatype_enum
         assert [d.size for d in sd.inputs[key].tensor_shape.dim] == [-1]
-        for k in (features.PROBABILITIES, features.UNCERTAINTY):
+        for k in (model_dir.PROBABILITIES, model_dir.UNCERTAINTY):
             assert sd.outputs[k].dtype == tf.float32.as_datatype_enum
-    assert features.PROBABILITIES_FULL in sm.signature_defs[features.SERVING_SIGNATURE].outputs
+    assert model_dir.PROBABILITIES_FULL in sm.signature_defs[model_dir.SERVING_SIGNATURE].outputs
 
 
 def test_both_signatures_as_tf_serving_calls_them(loaded, labels):
     imgs = [_radiograph(i) for i in range(3)]
     pngs = [features.encode_png(im) for im in imgs]
-    ex = loaded.signatures[features.SERVING_SIGNATURE](
-        **{features.EXAMPLES_INPUT: tf.constant([_example(im) for im in imgs])})
-    im = loaded.signatures[features.IMAGE_SIGNATURE](**{features.IMAGES_INPUT: tf.constant(pngs)})
-    p, u = ex[features.PROBABILITIES].numpy(), ex[features.UNCERTAINTY].numpy()
+    ex = loaded.signatures[model_dir.SERVING_SIGNATURE](
+        **{model_dir.EXAMPLES_INPUT: tf.constant([_example(im) for im in imgs])})
+    im = loaded.signatures[model_dir.IMAGE_SIGNATURE](**{model_dir.IMAGES_INPUT: tf.constant(pngs)})
+    p, u = ex[model_dir.PROBABILITIES].numpy(), ex[model_dir.UNCERTAINTY].numpy()
     assert p.shape == u.shape == (3, len(labels))
     assert ((p >= 0) & (p <= 1)).all() and (u >= 0).all()
     # Same pixels through either signature give the same answer (deterministic export).
-    np.testing.assert_allclose(im[features.PROBABILITIES].numpy(), p, atol=1e-5)
-    np.testing.assert_allclose(im[features.UNCERTAINTY].numpy(), u, atol=1e-5)
-    full = ex[features.PROBABILITIES_FULL].numpy()
+    np.testing.assert_allclose(im[model_dir.PROBABILITIES].numpy(), p, atol=1e-5)
+    np.testing.assert_allclose(im[model_dir.UNCERTAINTY].numpy(), u, atol=1e-5)
+    full = ex[model_dir.PROBABILITIES_FULL].numpy()
     assert full.shape == (3, features.NUM_FINDINGS)
     for j, name in enumerate(labels):
         np.testing.assert_allclose(full[:, FINDINGS.index(name)], p[:, j], atol=1e-6)
@@ -101,14 +102,14 @@ def test_jpeg_bytes_accepted_and_batch_composition_irrelevant(loaded):
 
     buf = io.BytesIO()
     Image.fromarray(_radiograph(5), mode="L").save(buf, format="JPEG", quality=95)
-    fn = loaded.signatures[features.IMAGE_SIGNATURE]
+    fn = loaded.signatures[model_dir.IMAGE_SIGNATURE]
     pngs = [features.encode_png(_radiograph(i)) for i in range(3)]
-    batch = fn(**{features.IMAGES_INPUT: tf.constant(pngs + [buf.getvalue()])})
-    alone = fn(**{features.IMAGES_INPUT: tf.constant(pngs[1:2])})
+    batch = fn(**{model_dir.IMAGES_INPUT: tf.constant(pngs + [buf.getvalue()])})
+    alone = fn(**{model_dir.IMAGES_INPUT: tf.constant(pngs[1:2])})
     # TF Serving's batcher merges requests: a row's answer must not depend on its neighbours.
-    np.testing.assert_allclose(batch[features.PROBABILITIES].numpy()[1],
-                               alone[features.PROBABILITIES].numpy()[0], atol=1e-5)
-    assert np.isfinite(batch[features.PROBABILITIES].numpy()[3]).all()
+    np.testing.assert_allclose(batch[model_dir.PROBABILITIES].numpy()[1],
+                               alone[model_dir.PROBABILITIES].numpy()[0], atol=1e-5)
+    assert np.isfinite(batch[model_dir.PROBABILITIES].numpy()[3]).all()
 
 
 def test_warmup_file_parses_and_requests_succeed(export_dir, loaded):
@@ -121,15 +122,15 @@ def test_warmup_file_parses_and_requests_succeed(export_dir, loaded):
         entry = prediction_log_pb2.PredictionLog.FromString(raw)
         assert entry.HasField("predict_log")
         req = entry.predict_log.request
-        sig = req.model_spec.signature_name or features.SERVING_SIGNATURE
+        sig = req.model_spec.signature_name or model_dir.SERVING_SIGNATURE
         fn = loaded.signatures[sig]
         args = {k: tf.constant(tf.make_ndarray(v)) for k, v in req.inputs.items()}
         assert set(args) == set(fn.structured_input_signature[1])
         out = fn(**args)
         n = int(next(iter(args.values())).shape[0])
-        assert n > 0 and out[features.PROBABILITIES].shape[0] == n
+        assert n > 0 and out[model_dir.PROBABILITIES].shape[0] == n
         sigs.add(sig)
-    assert sigs == {features.SERVING_SIGNATURE, features.IMAGE_SIGNATURE}
+    assert sigs == {model_dir.SERVING_SIGNATURE, model_dir.IMAGE_SIGNATURE}
     # The stand-in replays it at load, as TF Serving does.
     assert ServedModel("cxr_tfp", 1, export_dir).warmup_count == len(records)
 
@@ -138,7 +139,7 @@ def test_client_round_trip_on_real_export(export_server, export_base, labels, sh
     _, address = export_server
     files = [str(p) for p in sorted((shared_data / "nih-sample" / "images").glob("*.png"))[:2]]
     files.append(str(shared_data / "dicom" / "Fake_MONOHR1.dcm"))
-    for sig in (features.IMAGE_SIGNATURE, features.SERVING_SIGNATURE):
+    for sig in (model_dir.IMAGE_SIGNATURE, model_dir.SERVING_SIGNATURE):
         remote = client.predict_files(address, files, signature=sig, model_dir=export_base)
         local = client.predict_files_local(export_base, files, signature=sig)
         for r, l in zip(remote, local):
@@ -154,8 +155,8 @@ def test_client_round_trip_on_real_export(export_server, export_base, labels, sh
 
 def test_empty_batch_is_rejected_in_process(loaded):
     # Under TF Serving the model itself must refuse an empty batch (the stand-in also checks first).
-    for sig, key in ((features.IMAGE_SIGNATURE, features.IMAGES_INPUT),
-                     (features.SERVING_SIGNATURE, features.EXAMPLES_INPUT)):
+    for sig, key in ((model_dir.IMAGE_SIGNATURE, model_dir.IMAGES_INPUT),
+                     (model_dir.SERVING_SIGNATURE, model_dir.EXAMPLES_INPUT)):
         with pytest.raises(tf.errors.InvalidArgumentError):
             loaded.signatures[sig](**{key: tf.constant([], tf.string)})
 
@@ -164,6 +165,6 @@ def test_client_needs_no_model_files_for_the_image_signature(export_server, labe
     """Over gRPC alone (no model_dir, no --labels) the names and thresholds come from the response."""
     _, address = export_server
     files = [str(sorted((shared_data / "nih-sample" / "images").glob("*.png"))[0])]
-    (res,) = client.predict_files(address, files, signature=features.IMAGE_SIGNATURE)
+    (res,) = client.predict_files(address, files, signature=model_dir.IMAGE_SIGNATURE)
     assert [f["finding"] for f in res["findings"]] == labels
     assert res["threshold_source"] == "model"

@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
-from cxr_tfp import features
+from cxr_tfp import model_dir
 from tests.faults import hostile
 from tests.serving.conftest import MODEL_NAME
 
@@ -28,7 +28,7 @@ def _request(payloads, signature):
     req = predict_pb2.PredictRequest()
     req.model_spec.name = MODEL_NAME
     req.model_spec.signature_name = signature
-    key = features.IMAGES_INPUT if signature == features.IMAGE_SIGNATURE else features.EXAMPLES_INPUT
+    key = model_dir.IMAGES_INPUT if signature == model_dir.IMAGE_SIGNATURE else model_dir.EXAMPLES_INPUT
     req.inputs[key].CopyFrom(tf.make_tensor_proto(payloads, dtype=tf.string))
     return req
 
@@ -47,18 +47,18 @@ def stub(export_server):
 def test_hostile_image_is_invalid_argument(stub, name):
     data, words = HOSTILE[name]
     with pytest.raises(grpc.RpcError) as e:
-        stub.Predict(_request([data], features.IMAGE_SIGNATURE), timeout=60)
+        stub.Predict(_request([data], model_dir.IMAGE_SIGNATURE), timeout=60)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
     assert words in e.value.details()
     # ... and the server still answers a valid request
-    ok = stub.Predict(_request([hostile.small_png(48, 100)], features.IMAGE_SIGNATURE), timeout=60)
-    assert ok.outputs[features.PROBABILITIES].tensor_shape.dim[0].size == 1
+    ok = stub.Predict(_request([hostile.small_png(48, 100)], model_dir.IMAGE_SIGNATURE), timeout=60)
+    assert ok.outputs[model_dir.PROBABILITIES].tensor_shape.dim[0].size == 1
 
 
 def test_garbage_to_the_examples_signature_is_invalid_argument_without_echo(stub):
     junk = hostile.garbage(600, seed=7)
     with pytest.raises(grpc.RpcError) as e:
-        stub.Predict(_request([junk], features.SERVING_SIGNATURE), timeout=60)
+        stub.Predict(_request([junk], model_dir.SERVING_SIGNATURE), timeout=60)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a serialized tf.Example" in e.value.details()
 
@@ -71,13 +71,13 @@ def test_a_real_decompression_bomb_costs_no_memory(export_base):
 
     from cxr_tfp.client import _resolve_saved_model_dir
 
-    fn = tf.saved_model.load(_resolve_saved_model_dir(export_base)).signatures[features.IMAGE_SIGNATURE]
-    fn(**{features.IMAGES_INPUT: tf.constant([hostile.small_png(48)])})  # warm
+    fn = tf.saved_model.load(_resolve_saved_model_dir(export_base)).signatures[model_dir.IMAGE_SIGNATURE]
+    fn(**{model_dir.IMAGES_INPUT: tf.constant([hostile.small_png(48)])})  # warm
     bomb = hostile.png_bomb(20000, 20000)
     assert len(bomb) < 1_000_000
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(tf.errors.InvalidArgumentError, match="more pixels than the limit"):
-        fn(**{features.IMAGES_INPUT: tf.constant([bomb])})
+        fn(**{model_dir.IMAGES_INPUT: tf.constant([bomb])})
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 100, grown_mb
 
@@ -91,7 +91,7 @@ def test_grey_stored_as_rgb_is_accepted_like_the_ingestion(export_base):
 
     from cxr_tfp.client import _resolve_saved_model_dir
     from cxr_tfp.io import decode_image as ingest_decode
-    from cxr_tfp.preprocess import decode_image as serve_decode
+    from cxr_tfp.preprocess import decode_image_tensor as serve_decode
 
     arr = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (48, 1))
     buf = io.BytesIO()
@@ -101,5 +101,5 @@ def test_grey_stored_as_rgb_is_accepted_like_the_ingestion(export_base):
     assert np.array_equal(grey, arr)
     served = serve_decode(tf.constant(rgb_png), 48).numpy()[..., 0]
     np.testing.assert_allclose(served, arr / 255.0, atol=1 / 255)
-    fn = tf.saved_model.load(_resolve_saved_model_dir(export_base)).signatures[features.IMAGE_SIGNATURE]
-    assert fn(**{features.IMAGES_INPUT: tf.constant([rgb_png])})[features.PROBABILITIES].shape[0] == 1
+    fn = tf.saved_model.load(_resolve_saved_model_dir(export_base)).signatures[model_dir.IMAGE_SIGNATURE]
+    assert fn(**{model_dir.IMAGES_INPUT: tf.constant([rgb_png])})[model_dir.PROBABILITIES].shape[0] == 1

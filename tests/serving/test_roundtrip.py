@@ -1,6 +1,6 @@
 """gRPC round trips of the real client (cxr_tfp.client) against a PredictionService server.
 
-Every test runs against the development stand-in (cxr_tfp.serving_standin, standing in for TF
+Every test runs against the development stand-in (serving.standin, standing in for TF
 Serving) and again against a real tensorflow_model_server when one is available (see conftest).
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from cxr_tfp import client, features
+from cxr_tfp import model_dir
 from tests.serving import tiny_model
 from tests.serving.conftest import MODEL_NAME, image_request
 
@@ -23,7 +24,7 @@ def _by_name(result):
     return {f["finding"]: f for f in result["findings"]}
 
 
-@pytest.mark.parametrize("signature", [features.IMAGE_SIGNATURE, features.SERVING_SIGNATURE])
+@pytest.mark.parametrize("signature", [model_dir.IMAGE_SIGNATURE, model_dir.SERVING_SIGNATURE])
 def test_predict_files_values_thresholds_and_local_agree(grpc_server, images, tiny_base, signature):
     _, address = grpc_server
     files = [images["black"], images["white"], images["white_jpeg"]]
@@ -112,7 +113,7 @@ def _stub(address):
     return prediction_service_pb2_grpc.PredictionServiceStub(client.make_channel(address))
 
 
-def _raw(sig=features.IMAGE_SIGNATURE, key=features.IMAGES_INPUT, proto=None):
+def _raw(sig=model_dir.IMAGE_SIGNATURE, key=model_dir.IMAGES_INPUT, proto=None):
     req = predict_pb2.PredictRequest()
     req.model_spec.name = MODEL_NAME
     req.model_spec.signature_name = sig
@@ -131,8 +132,8 @@ BAD_REQUESTS = {
                     "empty batch"),
     "wrong_input_name": (lambda imgs: _raw(key="pixels", proto=tf.make_tensor_proto(
         [b"x"], tf.string)), "pixels"),
-    "bad_tf_example": (lambda imgs: _raw(sig=features.SERVING_SIGNATURE,
-                                         key=features.EXAMPLES_INPUT,
+    "bad_tf_example": (lambda imgs: _raw(sig=model_dir.SERVING_SIGNATURE,
+                                         key=model_dir.EXAMPLES_INPUT,
                                          proto=tf.make_tensor_proto([b"\x01garbage"], tf.string)),
                        ""),
 }
@@ -150,7 +151,7 @@ def test_bad_request_is_invalid_argument_and_server_recovers(grpc_server, images
         assert needle.lower() in ei.value.details().lower()
         assert "Detected at node" not in ei.value.details()  # no graph stack trace in the message
     ok = stub.Predict(image_request([images["white"]]), timeout=10)
-    assert tf.make_ndarray(ok.outputs[features.PROBABILITIES]).shape == (1, 3)
+    assert tf.make_ndarray(ok.outputs[model_dir.PROBABILITIES]).shape == (1, 3)
 
 
 def test_client_surfaces_invalid_argument_message(grpc_server, images):
@@ -185,18 +186,18 @@ def test_wrong_signature_lists_available(grpc_server, images):
     assert ei.value.code == "FAILED_PRECONDITION"
     msg = str(ei.value)
     assert "no signature 'predict_everything'" in msg
-    assert features.IMAGE_SIGNATURE in msg and features.SERVING_SIGNATURE in msg
+    assert model_dir.IMAGE_SIGNATURE in msg and model_dir.SERVING_SIGNATURE in msg
 
 
 def test_model_metadata_signatures_match_contract(grpc_server):
     _, address = grpc_server
     defs = client.get_signature_defs(_stub(address), MODEL_NAME)
-    assert set(defs) >= {features.IMAGE_SIGNATURE, features.SERVING_SIGNATURE}
-    img = defs[features.IMAGE_SIGNATURE]
-    assert list(img.inputs) == [features.IMAGES_INPUT]
-    assert img.inputs[features.IMAGES_INPUT].dtype == tf.string.as_datatype_enum
-    assert set(img.outputs) == {features.PROBABILITIES, features.UNCERTAINTY}
-    assert list(defs[features.SERVING_SIGNATURE].inputs) == [features.EXAMPLES_INPUT]
+    assert set(defs) >= {model_dir.IMAGE_SIGNATURE, model_dir.SERVING_SIGNATURE}
+    img = defs[model_dir.IMAGE_SIGNATURE]
+    assert list(img.inputs) == [model_dir.IMAGES_INPUT]
+    assert img.inputs[model_dir.IMAGES_INPUT].dtype == tf.string.as_datatype_enum
+    assert set(img.outputs) == {model_dir.PROBABILITIES, model_dir.UNCERTAINTY}
+    assert list(defs[model_dir.SERVING_SIGNATURE].inputs) == [model_dir.EXAMPLES_INPUT]
 
 
 # -- CLI --------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ import grpc
 import pytest
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
-from cxr_tfp import client, features
-from cxr_tfp.serving_standin import find_versions, start_server
+from cxr_tfp import client
+from cxr_tfp import model_dir
+from serving.standin import find_versions, start_server
 from tests.serving import tiny_model
 from tests.serving.conftest import MODEL_NAME, image_request
 
@@ -68,4 +69,4 @@ def test_metadata_rejects_unknown_field_and_counts_requests(tiny_base, images):
         client.predict_files(srv.address, [images["white"]] * 3, batch_size=2)
         assert srv.servicer.requests_served == 2
         assert set(client.get_signature_defs(stub, MODEL_NAME)) == {
-            features.SERVING_SIGNATURE, features.IMAGE_SIGNATURE}
+            model_dir.SERVING_SIGNATURE, model_dir.IMAGE_SIGNATURE}

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from cxr_tfp import features
+from cxr_tfp import model_dir
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")
 WEIGHTS = np.array([4.0, -4.0, 1.0], np.float32)
@@ -32,7 +33,7 @@ def build(version_dir: str, warmup_requests=None) -> str:
     import tensorflow as tf
 
     from cxr_tfp.labels import FINDINGS
-    from cxr_tfp.preprocess import decode_image
+    from cxr_tfp.preprocess import decode_image_tensor
 
     cols = [FINDINGS.index(n) for n in LABELS]
 
@@ -46,7 +47,7 @@ def build(version_dir: str, warmup_requests=None) -> str:
             # Reject an empty batch inside the graph too, so a real tensorflow_model_server (which
             # does not check batch sizes) also answers INVALID_ARGUMENT with a clear message.
             tf.debugging.assert_positive(tf.size(encoded), message="empty batch: send at least one")
-            x = tf.map_fn(lambda e: decode_image(e, SIZE), encoded,
+            x = tf.map_fn(lambda e: decode_image_tensor(e, SIZE), encoded,
                           fn_output_signature=tf.TensorSpec([SIZE, SIZE, 1], tf.float32))
             m = tf.reduce_mean(x, axis=[1, 2, 3])
             p = tf.sigmoid(m[:, None] * self.w[None] + self.b[None])
@@ -55,7 +56,7 @@ def build(version_dir: str, warmup_requests=None) -> str:
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def predict_images(self, images):
             p, u = self._head(images)
-            return {features.PROBABILITIES: p, features.UNCERTAINTY: u}
+            return {model_dir.PROBABILITIES: p, model_dir.UNCERTAINTY: u}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def serve_examples(self, examples):
@@ -63,19 +64,19 @@ def build(version_dir: str, warmup_requests=None) -> str:
             p, u = self._head(parsed[features.IMAGE])
             full = tf.transpose(tf.scatter_nd(tf.constant(cols)[:, None], tf.transpose(p),
                                               [features.NUM_FINDINGS, tf.shape(p)[0]]))
-            return {features.PROBABILITIES: p, features.UNCERTAINTY: u,
-                    features.PROBABILITIES_FULL: full}
+            return {model_dir.PROBABILITIES: p, model_dir.UNCERTAINTY: u,
+                    model_dir.PROBABILITIES_FULL: full}
 
     m = Tiny()
-    assert features.IMAGES_INPUT == "images" and features.EXAMPLES_INPUT == "examples"
+    assert model_dir.IMAGES_INPUT == "images" and model_dir.EXAMPLES_INPUT == "examples"
     tf.saved_model.save(m, version_dir, signatures={
-        features.SERVING_SIGNATURE: m.serve_examples,
-        features.IMAGE_SIGNATURE: m.predict_images})
+        model_dir.SERVING_SIGNATURE: m.serve_examples,
+        model_dir.IMAGE_SIGNATURE: m.predict_images})
     assets = os.path.join(version_dir, "assets")
     os.makedirs(assets, exist_ok=True)
-    with open(os.path.join(assets, features.LABELS_ASSET), "w") as f:
+    with open(os.path.join(assets, model_dir.LABELS_ASSET), "w") as f:
         f.write("\n".join(LABELS) + "\n")
-    with open(os.path.join(assets, features.THRESHOLDS_ASSET), "w") as f:
+    with open(os.path.join(assets, model_dir.THRESHOLDS_ASSET), "w") as f:
         json.dump(THRESHOLDS, f)
     if warmup_requests:
         write_warmup(version_dir, warmup_requests)

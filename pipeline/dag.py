@@ -16,6 +16,7 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from cxr_tfp import features as F
+from cxr_tfp import model_dir as MD
 from cxr_tfp.labels import indices
 from pipeline import configs
 from pipeline.anomalies_gate import AnomaliesGate
@@ -67,8 +68,8 @@ def eval_config(findings: Sequence[str], lower_bound: float, max_drop: float,
                  tfma.MetricConfig(class_name="ExampleCount")],
         binarize=tfma.BinarizationOptions(class_ids={"values": class_ids}))
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name=F.SERVING_SIGNATURE, label_key=F.LABELS,
-                                    prediction_key=F.PROBABILITIES_FULL,
+        model_specs=[tfma.ModelSpec(signature_name=MD.SERVING_SIGNATURE, label_key=F.LABELS,
+                                    prediction_key=MD.PROBABILITIES_FULL,
                                     preprocessing_function_names=[])],
         metrics_specs=[macro, per_finding],
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[k])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cxr_tfp import features as F
-from cxr_tfp.data import example_codec as C
+from cxr_tfp.records import example_codec as C
 
 
 def _record(rng, gaze=True, boxes=True, size=16):

@@ -1,7 +1,7 @@
 """The per-element work of the build: one :class:`SourceRecord` -> one serialized tf.Example.
 
 Pure Python (Pillow, numpy, pydicom; no TensorFlow: the tf.Example is written by
-:mod:`cxr_tfp.data.example_codec`), so it is unit tested without Beam and is the same code the Beam
+:mod:`cxr_tfp.records.example_codec`), so it is unit tested without Beam and is the same code the Beam
 ``DoFn`` and the benchmark's single-process loop run. Every failure becomes a dead-letter dict; nothing raises for a bad input.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cxr_tfp import features as F
-from cxr_tfp.data.example_codec import serialize
+from cxr_tfp.records.example_codec import serialize
 from cxr_tfp.annotations import AnnotationError, check_region, gaze_heatmap, region_mask
 from cxr_tfp.datasets.base import SourceRecord
 from cxr_tfp.io.errors import InputError

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cxr_tfp import features as F
-from cxr_tfp.data.build import RejectedFractionError, build, main
+from cxr_tfp.records.build import RejectedFractionError, build, main
 from cxr_tfp.datasets.base import DatasetLayoutError
 from cxr_tfp.datasets.synthetic import generate
 
@@ -246,7 +246,7 @@ def test_redact_sources_hashes_paths(injected, tmp_path):
 def test_cli_multiprocessing_two_workers_and_beam_passthrough(tmp_path):
     """The CLI as a user runs it: 2 DirectRunner worker processes, a Beam option passed through unchanged."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, "-m", "cxr_tfp.data.build", "--dataset", "synthetic", "--root", str(tmp_path / "r"),
+    cmd = [sys.executable, "-m", "cxr_tfp.records.build", "--dataset", "synthetic", "--root", str(tmp_path / "r"),
            "--out", str(tmp_path / "o"), "--image-size", "32", "--workers", "2", "--synthetic-patients", "12",
            "--direct_running_mode=multi_processing"]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -291,7 +291,7 @@ def test_two_builds_of_the_same_inputs_are_byte_identical(injected, tmp_path):
 
 
 def test_example_key_read_without_tensorflow_matches_the_parser(injected):
-    from cxr_tfp.data.example_codec import bytes_feature
+    from cxr_tfp.records.example_codec import bytes_feature
 
     out = injected[1]
     import tensorflow as tf

@@ -21,9 +21,10 @@ trips. It mimics the parts of TF Serving the project relies on:
 Not mimicked: server-side batching, Classify/Regress/MultiInference (UNIMPLEMENTED), model
 reloading when a new version appears, the REST API.
 
-Run one by hand (e.g. for ``python -m cxr_tfp.client``)::
+It lives in ``serving/``, beside the real server's configs, and the library never imports it. Run
+one by hand from the repository root (e.g. for ``python -m cxr_tfp.client``)::
 
-    python -m cxr_tfp.serving_standin --model_base_path /path/to/serving_model/cxr_tfp \
+    python -m serving.standin --model_base_path /path/to/serving_model/cxr_tfp \
         --model_name cxr_tfp --port 8500
 """
 from __future__ import annotations
@@ -41,15 +42,14 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import grpc
 import numpy as np
 
-from cxr_tfp import features
 from cxr_tfp.cli import cli_main
+from cxr_tfp.model_dir import (MAX_MESSAGE_BYTES, MODEL_NAME, SAVED_MODEL_FILE, SERVING_SIGNATURE,
+                               WARMUP_FILE, find_versions)
 
 log = logging.getLogger(__name__)
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-DEFAULT_SIGNATURE = "serving_default"
-# gRPC's 4 MiB default is too small for a batch of full-size radiographs; TF Serving accepts far more.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# TF Serving's default when a request names no signature.
+DEFAULT_SIGNATURE = SERVING_SIGNATURE
 
 
 class RpcError(Exception):
@@ -59,22 +59,6 @@ class RpcError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def find_versions(model_base_path: str) -> Dict[int, str]:
-    """``{version: dir}`` for the SavedModels under a TF Serving base path.
-
-    A folder that holds ``saved_model.pb`` itself counts as version 1 (handy for a bare export).
-    """
-    base = Path(model_base_path)
-    if (base / "saved_model.pb").is_file():
-        return {1: str(base)}
-    versions = {}
-    if base.is_dir():
-        for child in base.iterdir():
-            if child.name.isdigit() and (child / "saved_model.pb").is_file():
-                versions[int(child.name)] = str(child)
-    return versions
 
 
 def tf_error_message(err: Exception) -> str:
@@ -106,7 +90,7 @@ class ServedModel:
         self._loaded = tf.saved_model.load(path)
         self.signatures = dict(self._loaded.signatures)
         sm = saved_model_pb2.SavedModel()
-        sm.ParseFromString(Path(path, "saved_model.pb").read_bytes())
+        sm.ParseFromString(Path(path, SAVED_MODEL_FILE).read_bytes())
         self.signature_defs = {k: v for k, v in sm.meta_graphs[0].signature_def.items()
                                if k != "__saved_model_init_op"}
         self.warmup_count = self._warmup() if warmup else 0
@@ -296,7 +280,7 @@ class StandinServer:
         self.stop()
 
 
-def start_server(model_base_path: str, model_name: str = "cxr_tfp", port: Optional[int] = None,
+def start_server(model_base_path: str, model_name: str = MODEL_NAME, port: Optional[int] = None,
                  host: str = "127.0.0.1", version_labels: Optional[Mapping[str, int]] = None,
                  warmup: bool = True, max_workers: int = 4) -> StandinServer:
     """Load the model(s) under ``model_base_path`` and serve them over gRPC on ``host:port``.
@@ -342,7 +326,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """CLI: serve a model base path until interrupted (flags named as tensorflow_model_server's)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model_base_path", required=True)
-    p.add_argument("--model_name", default="cxr_tfp")
+    p.add_argument("--model_name", default=MODEL_NAME)
     p.add_argument("--port", type=int, default=8500)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--no_warmup", action="store_true")

@@ -13,9 +13,10 @@ import math
 from typing import Iterable, List, Tuple
 
 from cxr_tfp import features as F
-from cxr_tfp.data.example_codec import bytes_feature
+from cxr_tfp.records.example_codec import bytes_feature
 
 EXAMPLES_PER_SHARD = 1000
+SHARD_SUFFIX = ".tfrecord.gz"             # OUT/<split>/data-SSSSS-of-NNNNN.tfrecord.gz
 
 
 def num_shards(n_examples: int, per_shard: int = EXAMPLES_PER_SHARD) -> int:

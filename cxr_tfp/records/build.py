@@ -1,6 +1,6 @@
 """Build sharded TFRecords from a chest X-ray dataset with Apache Beam.
 
-    python -m cxr_tfp.data.build --dataset {nih,mimic,egd,reflacx,dicom,synthetic} --root DIR --out DIR \
+    python -m cxr_tfp.records.build --dataset {nih,mimic,egd,reflacx,dicom,synthetic} --root DIR --out DIR \
         [--image-size 256] [--workers 2] [--max-rejected-fraction 0.1] [adapter options] [Beam options]
 
 Writes::
@@ -9,6 +9,11 @@ Writes::
     OUT/eval/...  OUT/test/...
     OUT/dead_letters.jsonl                      one JSON line per rejected input: source, stage, reason, kind
     OUT/summary.json                            counts (see below)
+
+Modules: this one is the launcher (options, staging, the Beam run, the CLI); the Beam graph is
+:mod:`cxr_tfp.records.graph` (a reusable ``PTransform``), the per-image work
+:mod:`cxr_tfp.records.process`, the summary and dead letters :mod:`cxr_tfp.records.accounting`, the
+byte-reproducible shard writer :mod:`cxr_tfp.records.shards`.
 
 How it runs: the adapter reads the dataset's tables on this machine (fails at once on a wrong
 ``--root`` or a missing label table) and yields one record per image plus the inputs it already
@@ -50,24 +55,24 @@ import shutil
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from cxr_tfp.data.shards import fill_empty_shards, num_shards, write_sorted_shards
-from cxr_tfp.data.process import ProcessConfig, dead_letter, process_record
+from cxr_tfp.records.process import ProcessConfig
+from cxr_tfp.records.accounting import (TIMING_KEYS, check_fraction, empty_stats, rejected_line, summarise,
+                                        write_dead_letters)
+from cxr_tfp.records.graph import examples_transform, write_work_shards
+from cxr_tfp.records.shards import SHARD_SUFFIX, fill_empty_shards, num_shards, write_sorted_shards
 from cxr_tfp.datasets import DATASETS, get_adapter
 from cxr_tfp.datasets.base import DatasetLayoutError, Rejected, SourceRecord
 from cxr_tfp.io.images import RESIZE_MODES
-from cxr_tfp.labels import FINDINGS
-from cxr_tfp.privacy import SPLITS, parse_fractions, pseudonym, salt_fingerprint
+from cxr_tfp.features import SPLITS
+from cxr_tfp.privacy import parse_fractions
 from cxr_tfp.cli import cli_main
 
 DEFAULT_IMAGE_SIZE = 256
 DEFAULT_WORKERS = 2
 DEFAULT_MAX_REJECTED_FRACTION = 0.1
-SHARD_SUFFIX = ".tfrecord.gz"
-RECORDS_PER_WORK_SHARD = 2000
 # Starting a DirectRunner worker process costs seconds (it imports TensorFlow for to_example), so
 # small builds run in-process: one extra worker per this many images, up to --workers.
 IMAGES_PER_EXTRA_WORKER = 250
@@ -83,109 +88,6 @@ class RejectedFractionError(BuildError):
     def __init__(self, message: str, summary: Dict[str, Any]):
         super().__init__(message)
         self.summary = summary
-
-
-# ---------------------------------------------------------------------------------------------
-# Beam pieces (module level so that workers can unpickle them)
-# ---------------------------------------------------------------------------------------------
-def _load_work_shard(path: str, key: bytes) -> List[SourceRecord]:
-    from cxr_tfp.workfiles import read_shard
-
-    return read_shard(path, key)
-
-
-class _Progress:
-    """Per-worker counter written to OUT/.progress/<pid>-<n> (read by the launcher's progress thread)."""
-
-    def __init__(self, folder: Optional[str]):
-        self.folder, self.count, self.last = folder, 0, 0.0
-        self.path = None
-
-    def tick(self, force: bool = False) -> None:
-        self.count += 1
-        if not self.folder:
-            return
-        now = time.monotonic()
-        if force or now - self.last > 0.5:
-            self.last = now
-            try:
-                if self.path is None:
-                    self.path = os.path.join(self.folder, f"{os.getpid()}-{id(self)}")
-                tmp = self.path + ".tmp"
-                with open(tmp, "w") as fh:
-                    fh.write(str(self.count))
-                os.replace(tmp, self.path)
-            except OSError:
-                self.folder = None  # not a local file system: no progress, no failure
-
-
-def _make_dofn():
-    import apache_beam as beam
-
-    class ProcessDoFn(beam.DoFn):
-        def __init__(self, cfg: ProcessConfig, progress_dir: Optional[str]):
-            self.cfg, self.progress_dir = cfg, progress_dir
-            self.progress = None
-
-        def setup(self):
-            import cxr_tfp.data.example_codec  # noqa: F401  (TensorFlow-free serialisation)
-            self.progress = _Progress(self.progress_dir)
-
-        def process(self, rec):
-            ok, dead = process_record(rec, self.cfg)
-            for d in dead:
-                yield beam.pvalue.TaggedOutput("dead", json.dumps(d, sort_keys=True))
-            if ok is not None:
-                split, data, stats = ok
-                yield beam.pvalue.TaggedOutput(split, data)
-                yield beam.pvalue.TaggedOutput("stats", stats)
-            self.progress.tick()
-
-        def finish_bundle(self):
-            if self.progress is not None and self.progress.count:
-                self.progress.count -= 1
-                self.progress.tick(force=True)
-
-    return ProcessDoFn
-
-
-def _make_stats_combine():
-    import apache_beam as beam
-
-    class StatsCombine(beam.CombineFn):
-        def create_accumulator(self):
-            return {"written": {}, "pos": {}, "known": {}, "gaze": {}, "boxes": {}, "any": {}, "ann_ok": 0}
-
-        def add_input(self, acc, s):
-            sp = s["split"]
-            for key, val in (("written", 1), ("gaze", s["gaze"]), ("boxes", s["boxes"]),
-                             ("any", int(bool(s["gaze"] or s["boxes"])))):
-                acc[key][sp] = acc[key].get(sp, 0) + val
-            for key in ("pos", "known"):
-                d = acc[key].setdefault(sp, {})
-                for i in s[key]:
-                    d[str(i)] = d.get(str(i), 0) + 1
-            acc["ann_ok"] += s["ann_ok"]
-            return acc
-
-        def merge_accumulators(self, accs):
-            out = self.create_accumulator()
-            for a in accs:
-                for key in ("written", "gaze", "boxes", "any"):
-                    for sp, n in a[key].items():
-                        out[key][sp] = out[key].get(sp, 0) + n
-                for key in ("pos", "known"):
-                    for sp, d in a[key].items():
-                        o = out[key].setdefault(sp, {})
-                        for i, n in d.items():
-                            o[i] = o.get(i, 0) + n
-                out["ann_ok"] += a["ann_ok"]
-            return out
-
-        def extract_output(self, acc):
-            return acc
-
-    return StatsCombine
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,84 +143,6 @@ def _read_lines(prefix: Path) -> List[str]:
     return lines
 
 
-def _rejected_line(r: Rejected, dataset: str) -> Dict[str, str]:
-    return dead_letter(r.source, r.stage, r.reason, r.kind, dataset)
-
-
-def _summarise(dataset, root, out, cfg, adapter, records, pre_rejected, worker_dead, stats, seconds,
-               max_rejected_fraction, runner, workers) -> Dict[str, Any]:
-    ex_in = len(records) + sum(1 for r in pre_rejected if r.kind == "example")
-    ann_in = sum(r.n_annotation_inputs for r in records) + sum(1 for r in pre_rejected if r.kind == "annotation")
-    dead_all = [_rejected_line(r, dataset) for r in pre_rejected] + worker_dead
-    ex_rej = sum(1 for d in dead_all if d["kind"] == "example")
-    ann_rej = sum(1 for d in dead_all if d["kind"] == "annotation")
-    written_per_split = {sp: int(stats["written"].get(sp, 0)) for sp in SPLITS}
-    ex_written = sum(written_per_split.values())
-    ann_written = int(stats["ann_ok"])
-    n_in = ex_in + ann_in
-    n_rej = ex_rej + ann_rej
-
-    def per_finding(key):
-        return {sp: {FINDINGS[int(i)]: n for i, n in sorted(stats[key].get(sp, {}).items(), key=lambda kv: int(kv[0]))}
-                for sp in SPLITS}
-
-    labelled = per_finding("known")
-    positives = {sp: {f: per_finding("pos")[sp].get(f, 0) for f in labelled[sp]} for sp in SPLITS}
-    by_stage = Counter(d["stage"] for d in dead_all)
-    by_reason = Counter(f"{d['stage']}: {d['reason']}" for d in dead_all)
-    return {
-        "status": "ok",
-        "dataset": dataset,
-        "root": str(root),
-        "out": str(out),
-        "image_size": cfg.image_size,
-        "resize_mode": cfg.resize_mode,
-        "split_fractions": list(cfg.split_fractions),
-        "salt_fingerprint": salt_fingerprint(cfg.salt),
-        "runner": runner,
-        "workers": workers,
-        "in": n_in,
-        "written": ex_written + ann_written,
-        "rejected": n_rej,
-        "rejected_fraction": (n_rej / n_in) if n_in else 0.0,
-        "max_rejected_fraction": max_rejected_fraction,
-        "examples": {"in": ex_in, "written": ex_written, "rejected": ex_rej},
-        "annotations": {"in": ann_in, "written": ann_written, "rejected": ann_rej},
-        "written_per_split": written_per_split,
-        "positives": positives,
-        "labelled": labelled,
-        "annotated": {sp: {"gaze": int(stats["gaze"].get(sp, 0)), "boxes": int(stats["boxes"].get(sp, 0)),
-                           "any": int(stats["any"].get(sp, 0))} for sp in SPLITS},
-        "rejected_by_stage": dict(sorted(by_stage.items())),
-        # Ties ordered by reason, not by arrival order (which the runner decides): reproducible bytes.
-        "top_rejection_reasons": dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
-        "skipped": dict(sorted(getattr(adapter, "skipped", {}).items())),
-        "files": {sp: sorted(f.name for f in (out / sp).glob(f"*{SHARD_SUFFIX}")) for sp in SPLITS},
-        "seconds": round(seconds, 3),
-        "images_per_second": round(ex_in / seconds, 2) if seconds > 0 else None,
-    }
-
-
-def _write_dead_letters(out: Path, lines: List[Dict[str, str]], redact_sources: bool, salt) -> None:
-    rows = []
-    for d in lines:
-        d = dict(d)
-        if redact_sources:
-            d["source"] = "redacted:" + pseudonym(d["source"], "source", "source", salt, 16)
-        rows.append(json.dumps(d, sort_keys=True))
-    rows.sort()
-    (out / "dead_letters.jsonl").write_text("".join(r + "\n" for r in rows))
-
-
-def _check_fraction(summary: Dict[str, Any], limit: float) -> Optional[str]:
-    if summary["in"] and summary["rejected"] / summary["in"] > limit:
-        reasons = "; ".join(f"{k} ({v})" for k, v in list(summary["top_rejection_reasons"].items())[:3])
-        return (f"rejected {summary['rejected']} of {summary['in']} inputs "
-                f"({100.0 * summary['rejected'] / summary['in']:.1f}%), more than --max-rejected-fraction "
-                f"{limit:g}; most common: {reasons}. See dead_letters.jsonl")
-    return None
-
-
 def parse_options(dataset: str, image_size: int, adapter_options: Dict[str, Any]
                   ) -> Tuple[ProcessConfig, Dict[str, Any], Dict[str, Any]]:
     """Split build options into (worker config, adapter options, build options).
@@ -370,6 +194,11 @@ def read_inputs(dataset: str, root: Path, cfg: ProcessConfig, opts: Dict[str, An
     say(f"{len(records)} images to process ({n_ann} annotation inputs attached), "
         f"{len(pre_rejected)} inputs already rejected, {sum(adapter.skipped.values())} rows skipped")
     return adapter, records, pre_rejected
+
+
+def split_shard_counts(n_records: int, cfg: ProcessConfig) -> Dict[str, int]:
+    """Shards per split, fixed from the input size (byte-reproducible output, see records/shards.py)."""
+    return {sp: num_shards(int(math.ceil(n_records * frac))) for sp, frac in zip(SPLITS, cfg.split_fractions)}
 
 
 def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = DEFAULT_WORKERS,
@@ -461,28 +290,27 @@ def _build_into(out: Path, final_out: Path, dataset, root, cfg, adapter, records
     # Fail before the heavy part when the tables alone are already over the threshold.
     n_in_upper = len(records) + n_ann + len(pre_rejected)
     if n_in_upper and len(pre_rejected) / n_in_upper > max_rej:
-        empty = {"written": {}, "pos": {}, "known": {}, "gaze": {}, "boxes": {}, "any": {}, "ann_ok": 0}
-        summary = _summarise(dataset, root, out, cfg, adapter, [], pre_rejected, [], empty,
+        summary = summarise(dataset, root, out, cfg, adapter, [], pre_rejected, [], empty_stats(),
                              time.monotonic() - t0, max_rej, "none", workers)
         # The images were never processed: count them as inputs that were not written.
         summary["in"] = n_in_upper
         summary["examples"]["in"] += len(records)
         summary["annotations"]["in"] += n_ann
         summary["rejected_fraction"] = len(pre_rejected) / n_in_upper
-        msg = _check_fraction(dict(summary, rejected=len(pre_rejected)), max_rej)
+        msg = check_fraction(dict(summary, rejected=len(pre_rejected)), max_rej)
         summary.update(status="failed", error=msg + " (failed before processing images)", out=str(final_out))
-        _write_dead_letters(out, [_rejected_line(r, dataset) for r in pre_rejected], redact_sources, salt)
+        write_dead_letters(out, [rejected_line(r, dataset) for r in pre_rejected], redact_sources, salt)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         raise RejectedFractionError(summary["error"], summary)
 
     worker_dead, stats, runner, used = _run_beam(records, out, cfg, beam_args or [], workers, say,
                                                  show_progress)
-    summary = _summarise(dataset, root, out, cfg, adapter, records, pre_rejected, worker_dead, stats,
+    summary = summarise(dataset, root, out, cfg, adapter, records, pre_rejected, worker_dead, stats,
                          time.monotonic() - t0, max_rej, runner, used)
-    _write_dead_letters(out, [_rejected_line(r, dataset) for r in pre_rejected] + worker_dead,
+    write_dead_letters(out, [rejected_line(r, dataset) for r in pre_rejected] + worker_dead,
                         redact_sources, salt)
     assert summary["in"] == summary["written"] + summary["rejected"], "accounting bug: in != written + rejected"
-    msg = _check_fraction(summary, max_rej)
+    msg = check_fraction(summary, max_rej)
     summary["out"] = str(final_out)
     if msg:
         summary.update(status="failed", error=msg)
@@ -492,63 +320,6 @@ def _build_into(out: Path, final_out: Path, dataset, root, cfg, adapter, records
     if msg:
         raise RejectedFractionError(msg, summary)
     return summary
-
-
-TIMING_KEYS = ("seconds", "images_per_second")
-EMPTY_STATS = {"written": {}, "pos": {}, "known": {}, "gaze": {}, "boxes": {}, "any": {}, "ann_ok": 0}
-
-
-def write_work_shards(records: Sequence[SourceRecord], cfg: ProcessConfig, work: Path) -> Tuple[List[str], bytes]:
-    """Seal and encrypt the records into owner-only work shards under ``work``; return (paths, key).
-
-    ``work`` must be visible to every Beam worker (local disk for the DirectRunner, the pipeline's
-    shared storage mounted on every worker for Dataflow / Flink / Spark). See :mod:`cxr_tfp.workfiles`.
-    """
-    from cxr_tfp.workfiles import new_key, seal_identifiers, write_shard
-
-    Path(work).mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = new_key()  # this run only, never written to disk: leftover shards stay unreadable
-    sealed = seal_identifiers(records, cfg.salt, cfg.split_fractions)
-    shards = []
-    for i in range(0, max(len(sealed), 1), RECORDS_PER_WORK_SHARD):
-        p = f"{str(work).rstrip('/')}/records-{i // RECORDS_PER_WORK_SHARD:05d}.bin"
-        write_shard(p, sealed[i:i + RECORDS_PER_WORK_SHARD], key)
-        shards.append(p)
-    return shards, key
-
-
-def examples_transform(shards: Sequence[str], key: bytes, cfg: ProcessConfig,
-                       progress_dir: Optional[str] = None):
-    """The build's Beam graph as one ``PTransform`` applied to a pipeline root (``p | transform``).
-
-    Work shards -> records -> (reshuffled) per-image processing -> a dict of PCollections:
-    ``train`` / ``eval`` / ``test`` (serialized tf.Examples, bytes), ``dead`` (dead-letter JSON
-    lines) and ``stats`` (one combined accounting dict, see :func:`_summarise`). The standalone
-    build (:func:`build`) and the TFX ExampleGen (``pipeline/example_gen.py``) both apply it, so
-    the two produce the same records.
-    """
-    import apache_beam as beam
-
-    ProcessDoFn, StatsCombine = _make_dofn(), _make_stats_combine()
-
-    @beam.ptransform_fn
-    def ChestXrayExamples(root):  # noqa: N802  (Beam transform naming)
-        recs = (root | "WorkShards" >> beam.Create(list(shards))
-                | "LoadRecords" >> beam.FlatMap(_load_work_shard, key)
-                | "Distribute" >> beam.Reshuffle())
-        res = recs | "Process" >> beam.ParDo(ProcessDoFn(cfg, progress_dir)).with_outputs(
-            "dead", "stats", *SPLITS)
-        out = {sp: res[sp] for sp in SPLITS}
-        out["dead"] = res.dead
-        out["stats"] = res.stats | "Stats" >> beam.CombineGlobally(StatsCombine())
-        return out
-
-    return ChestXrayExamples()  # pylint: disable=no-value-for-parameter
-
-
-def split_shard_counts(n_records: int, cfg: ProcessConfig) -> Dict[str, int]:
-    """Shards per split, fixed from the input size (byte-reproducible output, see data/shards.py)."""
-    return {sp: num_shards(int(math.ceil(n_records * frac))) for sp, frac in zip(SPLITS, cfg.split_fractions)}
 
 
 def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_args: List[str], workers: int,
@@ -595,7 +366,7 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
         fill_empty_shards(str(out / sp / "data"), shard_counts[sp], SHARD_SUFFIX)
     worker_dead = [json.loads(ln) for ln in _read_lines(out / ".beam_dead" / "dead")]
     stats_lines = _read_lines(out / ".beam_stats" / "stats")
-    stats = json.loads(stats_lines[0]) if stats_lines else dict(EMPTY_STATS)
+    stats = json.loads(stats_lines[0]) if stats_lines else empty_stats()
     for name in (".work", ".progress", ".beam_dead", ".beam_stats"):
         shutil.rmtree(out / name, ignore_errors=True)
     return worker_dead, stats, runner, (workers if is_direct else None)
@@ -606,7 +377,7 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
 # ---------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m cxr_tfp.data.build",
+        prog="python -m cxr_tfp.records.build",
         description="Turn a chest X-ray dataset (NIH, MIMIC-CXR-JPG, EGD-CXR, REFLACX, a DICOM folder, or the "
                     "embedded synthetic set) into sharded gzip TFRecords with Apache Beam. Unknown --flags are "
                     "passed to Beam (e.g. --runner=DataflowRunner --project=... --region=...).",
