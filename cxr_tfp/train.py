@@ -302,17 +302,6 @@ def auroc_report(findings: Sequence[str], probs, labels, mask) -> Dict[str, Any]
             "num_eval": int(len(labels))}
 
 
-def choose_thresholds(findings: Sequence[str], probs, labels, mask) -> Dict[str, float]:
-    """Youden operating threshold per finding on eval; 0.5 where it is undefined."""
-    from cxr_tfp import metrics as M
-
-    out = {}
-    for j, f in enumerate(findings):
-        t = M.choose_threshold(labels[:, j], probs[:, j], "youden", mask=mask[:, j]) if len(labels) else None
-        out[f] = 0.5 if t is None else float(t)
-    return out
-
-
 # ---------------------------------------------------------------------------------------- checkpoints
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
@@ -554,7 +543,10 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
     # Final: thresholds, .keras, SavedModel ------------------------------------------------------
     final = "stage2" if cfg.stage2_epochs > 0 else "stage1"
     probs, _, labels, mask = predict_split(model, cfg, evals)
-    model.thresholds = choose_thresholds(findings, probs, labels, mask)
+    from cxr_tfp.metrics import choose_thresholds
+
+    # Youden on eval; 0.5 where undefined (the model must always carry a threshold per finding).
+    model.thresholds = choose_thresholds(findings, probs, labels, mask, "youden", default=0.5)
     metrics["final_stage"] = final
     metrics["thresholds"] = model.thresholds
     if chief:
