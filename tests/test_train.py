@@ -92,6 +92,7 @@ def kill_after(epochs):
     return KillAfter()
 
 
+@pytest.mark.slow  # two more trainings; test_checkpoint_restores_... covers the restore itself
 def test_resume_continues_without_lost_or_repeated_epochs(data, tmp_path, trained):
     out = str(tmp_path / "run")
     tr, ev = os.path.join(data, "train"), os.path.join(data, "eval")
@@ -222,6 +223,7 @@ DISTRIBUTED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two trainings in a subprocess
 def test_mirrored_strategy_on_two_cpu_devices_matches_single_device(data, tmp_path):
     script = tmp_path / "dist.py"
     script.write_text(DISTRIBUTED.format(repo=REPO))

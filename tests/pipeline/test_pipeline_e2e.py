@@ -41,7 +41,8 @@ def _run(settings, overrides):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def first_run(tmp_path_factory):
+    """The one pipeline run of the default test set."""
     root = tmp_path_factory.mktemp("tfx_e2e")
     data = write_splits(str(root / "data"), SIZES, image_size=IMAGE_SIZE, seed=0)
     settings = configs.PipelineSettings(output_root=str(root / "out"), data_root=data,
@@ -50,6 +51,13 @@ def runs(tmp_path_factory):
     out = {"settings": settings}
     out["first"] = _run(settings, GOOD)
     out["versions_after_first"] = R.pushed_versions(settings.push_base)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(first_run):
+    """Two more runs over the same store (slow tests only): unchanged, then a worse model."""
+    out, settings = dict(first_run), first_run["settings"]
     out["again"] = _run(settings, GOOD)
     out["versions_after_again"] = R.pushed_versions(settings.push_base)
     out["worse"] = _run(settings, WORSE)
@@ -57,7 +65,8 @@ def runs(tmp_path_factory):
     return out
 
 
-def test_first_run_blesses_and_pushes_a_servable_model(runs):
+def test_first_run_blesses_and_pushes_a_servable_model(first_run):
+    runs = first_run
     s, first = runs["settings"], runs["first"]
     assert set(first.states.values()) == {"COMPLETE"}, first.states
     assert first.blessed is True and first.pushed is True
@@ -95,6 +104,7 @@ def test_first_run_blesses_and_pushes_a_servable_model(runs):
     assert R.validation_failures(first.uri(P.EVALUATOR, "evaluation")) == []
 
 
+@pytest.mark.slow  # two more LocalDagRunner runs
 def test_unchanged_rerun_uses_the_tfx_cache(runs):
     first, again = runs["first"], runs["again"]
     for node in (P.EXAMPLE_GEN, P.STATISTICS_GEN, P.SCHEMA_GEN, P.EXAMPLE_VALIDATOR,
@@ -113,6 +123,7 @@ def test_unchanged_rerun_uses_the_tfx_cache(runs):
         assert open(os.path.join(s.push_base, v, "saved_model.pb"), "rb").read() == first_pb
 
 
+@pytest.mark.slow
 def test_worse_model_is_not_blessed_and_pushes_nothing(runs):
     worse = runs["worse"]
     assert worse.states[P.TRAINER] == "COMPLETE"  # new training options -> a new model
@@ -127,6 +138,7 @@ def test_worse_model_is_not_blessed_and_pushes_nothing(runs):
         failures
 
 
+@pytest.mark.slow  # another LocalDagRunner run
 def test_injected_anomaly_stops_the_run_before_training(tmp_path):
     from pipeline.anomalies_gate import DataAnomaliesError
 
