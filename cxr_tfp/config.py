@@ -77,6 +77,8 @@ class TrainConfig:
                           "std = uncertainty.")
     train_samples: int = _f(1, "Latent samples per example in the training loss.")
     seed: int = _f(0, "Seed for initialisation, shuffling, latent noise and prediction samples.")
+    deterministic: bool = _f(False, "Turn on TensorFlow op determinism (for the whole process): with a fixed "
+                             "seed, a rerun gives the same weights and metrics. Some ops get slower.")
     # --- stage 2 / ablations
     freeze: str = _f("backbone", "What stage 2 freezes: 'backbone' (paper), 'backbone+classifier', or "
                      "'none' (ablation: no freezing; disables feature caching).", FREEZE)

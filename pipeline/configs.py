@@ -7,7 +7,9 @@ The local runner, the Kubeflow runner, the demo and the tests all build a :class
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -34,6 +36,14 @@ CURATED_SCHEMA_DIR = str(REPO_ROOT / "pipeline" / "schema")
 # Splits of the records (cxr_tfp.features.SPLITS): <data_root>/{train,eval,test}/*.tfrecord.gz;
 # TRAIN_SPLIT, EVAL_SPLIT and SPLITS are imported above. The Evaluator measures the test split.
 EVALUATOR_SPLIT = TEST_SPLIT
+
+# Where the pipeline starts: "raw" (the chest X-ray ExampleGen reads the dataset folder: the default)
+# or "tfrecords" (ImportExampleGen over a finished build, for users who already have TFRecords).
+INPUTS = ("raw", "tfrecords")
+# One span per sub-folder of the raw root, TFX's {SPAN} input pattern: 1/, 2/, ... ({YYYY}-{MM}-{DD}
+# for dated folders). Each span folder is a whole dataset in its published layout; a run builds the
+# latest span.
+SPAN_FOLDER = "{SPAN}"
 
 # Evaluator slices (feature keys of the contract; overall is always included).
 SLICE_FEATURES: Tuple[str, ...] = ("view", "dataset")
@@ -70,7 +80,15 @@ class PipelineSettings:
     pipeline_name: str = PIPELINE_NAME
     # Everything TFX writes (artifacts, metadata) lives under output_root unless overridden.
     output_root: str = OUTPUT_ROOT
-    data_root: str = os.path.join(DEMO_OUT, "tfrecords")
+    input: str = "raw"                           # one of INPUTS
+    raw_root: str = os.path.join(DEMO_OUT, "raw")  # the raw dataset (span sub-folders), input="raw"
+    dataset: str = "synthetic"                   # the adapter: nih, mimic, egd, reflacx, dicom, synthetic
+    span_folder: Optional[str] = SPAN_FOLDER     # None: raw_root itself is the dataset (span 0)
+    adapter_options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # build options
+    # Expected fingerprint of the salt (cxr_tfp.privacy.salt_fingerprint): the ExampleGen refuses to
+    # run with another salt. The salt itself is a secret of the runtime environment, never a setting.
+    salt_fingerprint: Optional[str] = None
+    data_root: str = os.path.join(DEMO_OUT, "tfrecords")  # finished TFRecords, input="tfrecords"
     pipeline_root: Optional[str] = None          # default <output_root>/pipelines/<name>
     metadata_path: Optional[str] = None          # default <output_root>/metadata/<name>/metadata.db
     serving_root: Optional[str] = None           # default <output_root>/serving
@@ -83,6 +101,11 @@ class PipelineSettings:
     slice_features: Tuple[str, ...] = SLICE_FEATURES
     evaluator_split: str = EVALUATOR_SPLIT
     enable_cache: bool = True
+    # Train on Vertex AI Training instead of inside the Trainer's own container, e.g.
+    # {"project": "P", "region": "europe-west4", "machine_type": "n1-standard-8",
+    #  "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 1, "workers": 2}:
+    # a chief plus ``workers`` worker replicas (TF_CONFIG set by Vertex; distribute: multi_worker).
+    vertex_training: Optional[Dict[str, Any]] = None
     beam_args: List[str] = dataclasses.field(
         default_factory=lambda: ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
 
@@ -125,6 +148,17 @@ class PipelineSettings:
         s.pipeline_name = _env("CXR_TFP_PIPELINE_NAME", s.pipeline_name)
         s.output_root = _env("CXR_TFP_OUTPUT_ROOT", s.output_root)
         s.data_root = _env("CXR_TFP_DATA_ROOT", s.data_root)
+        s.input = _env("CXR_TFP_INPUT", s.input)
+        s.raw_root = _env("CXR_TFP_RAW_ROOT", s.raw_root)
+        s.dataset = _env("CXR_TFP_DATASET", s.dataset)
+        if "CXR_TFP_SPAN_FOLDER" in os.environ:
+            s.span_folder = os.environ["CXR_TFP_SPAN_FOLDER"] or None
+        s.salt_fingerprint = os.environ.get("CXR_TFP_SALT_FINGERPRINT", s.salt_fingerprint)
+        if os.environ.get("CXR_TFP_VERTEX_TRAINING"):
+            s.vertex_training = json.loads(os.environ["CXR_TFP_VERTEX_TRAINING"])
+        if os.environ.get("CXR_TFP_BEAM_ARGS"):
+            # e.g. "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
+            s.beam_args = shlex.split(os.environ["CXR_TFP_BEAM_ARGS"])
         s.serving_root = os.environ.get("CXR_TFP_SERVING_ROOT", s.serving_root)
         s.train_config_path = _env("CXR_TFP_TRAIN_CONFIG", s.train_config_path or "")
         if "CXR_TFP_MACRO_AUC_LOWER_BOUND" in os.environ:
@@ -135,6 +169,9 @@ class PipelineSettings:
             if not hasattr(s, key):
                 raise AttributeError(f"unknown pipeline setting {key!r}")
             setattr(s, key, value)
+        if s.input not in INPUTS:
+            raise ValueError(f"pipeline setting input={s.input!r} is not one of {list(INPUTS)} "
+                             f"(CXR_TFP_INPUT)")
         return s
 
 
@@ -142,7 +179,9 @@ def summary_lines(s: PipelineSettings) -> Sequence[str]:
     """Where everything lives, for logs and the demo."""
     return (
         f"pipeline name   : {s.pipeline_name}",
-        f"input TFRecords : {s.data_root}/{{{','.join(SPLITS)}}}/*.tfrecord.gz",
+        (f"raw dataset     : {s.raw_root}/{s.span_folder or ''} ({s.dataset}; chest X-ray ExampleGen)"
+         if s.input == "raw" else
+         f"input TFRecords : {s.data_root}/{{{','.join(SPLITS)}}}/*.tfrecord.gz (ImportExampleGen)"),
         f"pipeline root   : {s.resolved_pipeline_root}",
         f"metadata (MLMD) : {s.resolved_metadata_path}",
         f"push base path  : {s.push_base}   (TF Serving --model_base_path)",

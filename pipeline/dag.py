@@ -1,9 +1,11 @@
-"""The TFX DAG: validate, train in two stages, evaluate against the last blessed model, push.
+"""The TFX DAG: build examples from the raw dataset, validate, train in two stages, evaluate, push.
 
-ImportExampleGen (train/eval/test TFRecords) -> StatisticsGen -> ImportSchemaGen (curated, or
+ExampleGen (the chest X-ray ExampleGen over the raw folder's latest span, or ImportExampleGen over
+finished train/eval/test TFRecords) -> StatisticsGen -> ImportSchemaGen (curated, or
 SchemaGen) -> ExampleValidator -> AnomaliesGate (fails the run on anomalies) -> Trainer
 (``pipeline.trainer_module.run_fn``) -> Resolver(LatestBlessedModelStrategy) -> Evaluator (TFMA
-macro / per-finding AUROC, sliced by view and dataset) -> Pusher (filesystem, TF Serving layout).
+macro / per-finding AUROC, sliced by view and dataset) -> Pusher (filesystem, TF Serving layout;
+never pushes a model that is already there, see ``pipeline.pusher``).
 """
 from __future__ import annotations
 
@@ -11,12 +13,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tensorflow_model_analysis.proto import config_pb2 as tfma
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 
 from cxr_tfp import features as F
 from cxr_tfp import model_dir as MD
 from cxr_tfp.labels import indices
 from pipeline import configs
 from pipeline.anomalies_gate import AnomaliesGate
+from pipeline.example_gen import chest_xray_example_gen
+from pipeline.pusher import NoRepushExecutor
 from pipeline.trainer_module import TRAIN_CONFIG_KEY
 
 RUN_FN = "pipeline.trainer_module.run_fn"
@@ -24,7 +29,7 @@ MACRO_AUC = "auc"  # TFMA metric name of tf.keras.metrics.AUC; the macro key car
 _AUC_CONFIG = '{"name": "%s", "curve": "ROC", "num_thresholds": 1000}' % MACRO_AUC
 
 # Component ids (stable: tests and the demo look executions up by them).
-EXAMPLE_GEN = "ImportExampleGen"
+EXAMPLE_GEN = "ExampleGen"
 STATISTICS_GEN = "StatisticsGen"
 SCHEMA_GEN = "SchemaGen"
 EXAMPLE_VALIDATOR = "ExampleValidator"
@@ -71,6 +76,47 @@ def eval_config(findings: Sequence[str], lower_bound: float, max_drop: float,
                                               for k in slice_features])
 
 
+def vertex_trainer_config(vertex: Dict[str, Any], train_config: Dict[str, Any]) -> Dict[str, Any]:
+    """The Trainer's custom_config for a Vertex AI Training job: a chief (worker pool 0) and
+    ``workers`` worker replicas (pool 1), each with ``accelerator_count`` accelerators, all in the
+    project image. Vertex sets TF_CONFIG; with workers the training runs ``distribute:
+    multi_worker`` (only the chief writes the model)."""
+    from tfx.v1.extensions import google_cloud_ai_platform as gcp
+
+    workers = int(vertex.get("workers", 0))
+    machine = {"machine_type": vertex.get("machine_type", "n1-standard-8")}
+    if vertex.get("accelerator_type"):
+        machine.update(accelerator_type=vertex["accelerator_type"],
+                       accelerator_count=int(vertex.get("accelerator_count", 1)))
+    container = {"image_uri": vertex.get("image", configs.PIPELINE_IMAGE)}
+    pools = [{"machine_spec": machine, "replica_count": 1, "container_spec": container}]
+    if workers:
+        pools.append({"machine_spec": machine, "replica_count": workers, "container_spec": container})
+    config = dict(train_config)
+    if workers:
+        config["distribute"] = "multi_worker"
+    elif vertex.get("accelerator_count", 0) and int(vertex["accelerator_count"]) > 1:
+        config["distribute"] = "mirrored"
+    return {TRAIN_CONFIG_KEY: config, gcp.ENABLE_VERTEX_KEY: True,
+            gcp.VERTEX_REGION_KEY: vertex["region"],
+            gcp.TRAINING_ARGS_KEY: {"project": vertex["project"], "worker_pool_specs": pools}}
+
+
+def make_example_gen(settings: configs.PipelineSettings, image_size: int):
+    """The pipeline's first component (id ``EXAMPLE_GEN``): raw folder or finished TFRecords."""
+    if settings.input == "tfrecords":
+        return tfx.components.ImportExampleGen(
+            input_base=settings.data_root,
+            input_config=tfx.proto.Input(splits=[
+                tfx.proto.Input.Split(name=s, pattern=f"{s}/*") for s in configs.SPLITS])
+        ).with_id(EXAMPLE_GEN)
+    # The records are built at the training image size: one number, in the training config.
+    return chest_xray_example_gen(settings.dataset, settings.raw_root, image_size,
+                                  span_folder=settings.span_folder,
+                                  adapter_options=settings.adapter_options,
+                                  salt_fingerprint=settings.salt_fingerprint).with_id(EXAMPLE_GEN)
+
+
 def create_pipeline(settings: configs.PipelineSettings, *,
                     train_config: Optional[Dict[str, Any]] = None,
                     schema_file: Optional[str] = None,
@@ -89,10 +135,7 @@ def create_pipeline(settings: configs.PipelineSettings, *,
 
     findings = resolve_vocabulary(train_config["findings"])
 
-    example_gen = tfx.components.ImportExampleGen(
-        input_base=settings.data_root,
-        input_config=tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name=s, pattern=f"{s}/*") for s in configs.SPLITS]))
+    example_gen = make_example_gen(settings, int(train_config["image_size"]))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if settings.use_curated_schema:
         from pipeline.schema_tools import SCHEMA_FILE
@@ -106,13 +149,19 @@ def create_pipeline(settings: configs.PipelineSettings, *,
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"]).with_id(ANOMALIES_GATE)
 
-    trainer = tfx.components.Trainer(
+    trainer_kwargs = dict(
         run_fn=RUN_FN,
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=[configs.TRAIN_SPLIT]),
-        eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]),
-        custom_config={TRAIN_CONFIG_KEY: train_config})
+        eval_args=tfx.proto.EvalArgs(splits=[configs.EVAL_SPLIT]))
+    if settings.vertex_training:
+        trainer = tfx.extensions.google_cloud_ai_platform.Trainer(
+            custom_config=vertex_trainer_config(settings.vertex_training, train_config),
+            **trainer_kwargs).with_id(TRAINER)
+    else:
+        trainer = tfx.components.Trainer(custom_config={TRAIN_CONFIG_KEY: train_config},
+                                         **trainer_kwargs)
     trainer.add_upstream_node(gate)
 
     resolver = tfx.dsl.Resolver(
@@ -133,7 +182,8 @@ def create_pipeline(settings: configs.PipelineSettings, *,
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=settings.push_base)))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=settings.push_base)),
+        custom_executor_spec=executor_spec.ExecutorClassSpec(NoRepushExecutor))
 
     return tfx.dsl.Pipeline(
         pipeline_name=settings.pipeline_name,

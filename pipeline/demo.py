@@ -1,9 +1,10 @@
 """The main job, end to end (``make demo``):
 
-1. generate the embedded synthetic chest X-ray dataset and build TFRecords with Beam,
-2. run the whole TFX pipeline locally (validate, train in two stages, evaluate, push),
+1. generate the embedded synthetic chest X-ray dataset as a raw image folder (span 1),
+2. run the whole TFX pipeline locally from that folder (the chest X-ray ExampleGen builds the
+   tf.Examples with Beam, then validate, train in two stages, evaluate, push),
 3. report the evaluation (blessing, macro / per-finding AUROC by slice),
-4. check the pushed SavedModel in TF Serving's ``<model>/<version>/`` layout,
+4. check the pushed SavedModel in TF Serving's ``<model>/<version>/`` layout and print its lineage,
 5. serve it (the project's gRPC stand-in for TF Serving) and send one prediction through the
    serving client, printing the findings table.
 
@@ -99,7 +100,7 @@ def _sample_test_image(tfrecords: str, out_dir: str, findings) -> tuple:
     from cxr_tfp.input import list_files
     from cxr_tfp.labels import indices
 
-    files = list_files(os.path.join(tfrecords, configs.EVALUATOR_SPLIT))
+    files = list_files(os.path.join(tfrecords, f"Split-{configs.EVALUATOR_SPLIT}"))
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
     cols = indices(findings)
     chosen = None
@@ -142,10 +143,10 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
              contrast: float = configs.DEMO_SYNTHETIC_CONTRAST, rebuild: bool = False) -> int:
     """Run the five stages; returns a process exit code (0 = pushed and predicted)."""
     out = os.path.abspath(out)
-    raw = os.path.join(out, "raw_synthetic")
-    tfrecords = os.path.join(out, "tfrecords")
+    raw_root = os.path.join(out, "raw")
+    raw = os.path.join(raw_root, "1")          # span 1; a new drop would go to raw/2/
     settings = configs.PipelineSettings(
-        output_root=os.path.join(out, "tfx"), data_root=tfrecords,
+        output_root=os.path.join(out, "tfx"), input="raw", raw_root=raw_root, dataset="synthetic",
         serving_root=os.path.join(out, "serving"),
         train_config_path=train_config or configs.DEFAULT_TRAIN_CONFIG,
         train_overrides=dict(configs.TRAIN_OVERRIDES, image_size=image_size))
@@ -154,40 +155,42 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
     print(f"cxr-tfp demo: everything goes under {out}")
 
     # 1 ---------------------------------------------------------------------------------------
-    stages.begin(f"Synthetic dataset ({patients} patients, lesion contrast {contrast:g}) -> "
-                 f"TFRecords with Apache Beam")
+    stages.begin(f"Synthetic raw dataset ({patients} patients, lesion contrast {contrast:g}) -> {raw}")
     import json
+    import shutil
 
-    from cxr_tfp.records.build import build
+    from cxr_tfp.datasets.synthetic import generate
 
-    # Rebuilding writes new files, which ImportExampleGen treats as new data (no TFX cache):
-    # reuse TFRecords built with the same parameters unless asked to rebuild.
+    # Regenerating writes new files, which the ExampleGen's driver sees as new data (no TFX cache):
+    # keep the raw folder made with the same parameters unless asked to rebuild.
     params = {"dataset": "synthetic", "patients": patients, "image_size": image_size,
               "contrast": contrast}
-    marker = os.path.join(out, "tfrecords.params.json")
-    summary_file = os.path.join(tfrecords, "summary.json")
-    reuse = (not rebuild and os.path.exists(marker) and os.path.exists(summary_file)
+    marker = os.path.join(out, "raw.params.json")
+    reuse = (not rebuild and os.path.exists(marker) and os.path.isdir(raw)
              and json.load(open(marker)) == params)
     if reuse:
-        summary = json.load(open(summary_file))
-        print(f"    reusing the TFRecords in {tfrecords} (same parameters; --rebuild to redo)")
+        print(f"    reusing the raw images in {raw} (same parameters; --rebuild to redo)")
     else:
-        summary = build("synthetic", raw, tfrecords, image_size=image_size, workers=workers,
-                        synthetic_patients=patients, synthetic_contrast=contrast)
+        shutil.rmtree(raw_root, ignore_errors=True)
+        generate(raw, n_patients=patients, image_size=image_size, contrast=contrast,
+                 processes=max(1, int(workers)))
         with open(marker, "w") as fh:
             json.dump(params, fh)
-    wp = summary["written_per_split"]
-    stages.end(f"train {wp['train']}, eval {wp['eval']}, test {wp['test']} examples")
+    n_images = sum(1 for _ in os.scandir(os.path.join(raw, "images"))) if os.path.isdir(
+        os.path.join(raw, "images")) else 0
+    stages.end(f"{n_images} PNG images with their label, box and gaze tables")
 
     # 2 ---------------------------------------------------------------------------------------
-    stages.begin("TFX pipeline (LocalDagRunner): ExampleGen -> StatisticsGen -> SchemaGen -> "
-                 "ExampleValidator -> AnomaliesGate -> Trainer -> Resolver -> Evaluator -> Pusher")
+    stages.begin("TFX pipeline (LocalDagRunner): ExampleGen (raw images -> tf.Examples, Beam) -> "
+                 "StatisticsGen -> SchemaGen -> ExampleValidator -> AnomaliesGate -> Trainer -> "
+                 "Resolver -> Evaluator -> Pusher")
     for line in configs.summary_lines(settings):
         print(f"    {line}")
     print(f"    full log        : {log_path}", flush=True)
     _route_tfx_logs(log_path)
     from tfx import v1 as tfx
 
+    from pipeline import dag as P
     from pipeline.dag import create_pipeline
     from pipeline import run_report as R
 
@@ -199,6 +202,11 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
         print(f"\n    STOPPED before training: {exc}\n    full log: {log_path}", flush=True)
         return 2
     run = R.latest_run(settings.resolved_metadata_path)
+    examples = run.uri(P.EXAMPLE_GEN, "examples")
+    summary = json.load(open(os.path.join(examples, "summary.json")))
+    wp = summary["written_per_split"]
+    print(f"    ExampleGen: train {wp['train']}, eval {wp['eval']}, test {wp['test']} examples, "
+          f"{summary['rejected']} rejected inputs (span {summary.get('span')}; {examples})")
     stages.end(", ".join(f"{k} {v}" for k, v in run.states.items()))
 
     # 3 ---------------------------------------------------------------------------------------
@@ -217,7 +225,8 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
     stages.begin("Push (TF Serving layout <base>/<model>/<version>/)")
     versions = R.pushed_versions(settings.push_base)
     if not run.pushed:
-        print(f"    the candidate was NOT pushed (not blessed); versions already there: {versions}")
+        why = "already served" if run.blessed else "not blessed"
+        print(f"    the candidate was NOT pushed ({why}); versions there: {versions}")
     if not versions:
         print("    nothing to serve: no pushed version exists. See the failed thresholds above.")
         return 1
@@ -226,11 +235,19 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
     print(f"    pushed model: {version_dir}")
     for name, keys in sigs.items():
         print(f"      signature {name}: outputs {', '.join(keys)}")
+    from pipeline import lineage as L
+
+    try:
+        info = L.lineage(R._store(settings.resolved_metadata_path), versions[-1])
+        print("    lineage (python -m pipeline.lineage VERSION):")
+        print("\n".join("      " + line for line in L.format_lineage(info).splitlines()))
+    except LookupError as exc:  # pushed by another pipeline into the same base path
+        print(f"    lineage: {exc}")
     stages.end()
 
     # 5 ---------------------------------------------------------------------------------------
     stages.begin("Serve the pushed model and predict one test image through the serving client")
-    image, positives, _ = _sample_test_image(tfrecords, os.path.join(out, "sample"), findings)
+    image, positives, _ = _sample_test_image(examples, os.path.join(out, "sample"), findings)
     results, how = _predict(settings.push_base, settings.model_name, [image])
     from cxr_tfp.client import format_table
 
@@ -241,8 +258,8 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
 
     print("\nWhere everything is:")
     rows = [
-        ("synthetic source images", raw),
-        ("TFRecords (train/eval/test)", tfrecords),
+        ("synthetic raw dataset (span 1)", raw),
+        ("tf.Examples (ExampleGen)", examples),
         ("TFX artifacts (pipeline root)", settings.resolved_pipeline_root),
         ("ML Metadata (SQLite)", settings.resolved_metadata_path),
         ("trained model (Trainer)", run.uri("Trainer", "model") or "(cached, see pipeline root)"),
@@ -268,11 +285,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help=f"synthetic patients, 2 images each (default {DEFAULT_PATIENTS})")
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     p.add_argument("--config", default=None, help="training config (default configs/smoke.yaml)")
-    p.add_argument("--workers", type=int, default=2, help="Beam workers for the TFRecord build")
+    p.add_argument("--workers", type=int, default=2, help="processes rendering the synthetic images")
     p.add_argument("--contrast", type=float, default=configs.DEMO_SYNTHETIC_CONTRAST,
                    help="synthetic lesion contrast (the dataset's own default is 1: subtle)")
     p.add_argument("--rebuild", action="store_true",
-                   help="rebuild the TFRecords even when the last build used the same parameters")
+                   help="regenerate the raw images even when the last run used the same parameters")
     a = p.parse_args(argv)
     return run_demo(a.out, a.patients, a.image_size, a.config, a.workers, a.contrast, a.rebuild)
 

@@ -1,6 +1,6 @@
 """Compile the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (KubeflowV2DagRunner).
 
-    CXR_TFP_OUTPUT_ROOT=gs://BUCKET/cxr-tfp CXR_TFP_DATA_ROOT=gs://BUCKET/tfrecords \
+    CXR_TFP_OUTPUT_ROOT=gs://BUCKET/cxr-tfp CXR_TFP_RAW_ROOT=gs://BUCKET/raw \
         python pipeline/kubeflow_v2_runner.py            # writes cxr-tfp_pipeline.json
 
 Every component runs in the project image (``configs.PIPELINE_IMAGE``, built from the repo's

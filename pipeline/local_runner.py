@@ -5,7 +5,8 @@
     tfx run create --engine local --pipeline_name cxr-tfp
 
 Settings come from :mod:`pipeline.configs` and ``CXR_TFP_*`` environment variables (the tfx CLI
-passes no arguments), e.g. ``CXR_TFP_DATA_ROOT=demo_out/tfrecords CXR_TFP_OUTPUT_ROOT=tfx_out``.
+passes no arguments), e.g. ``CXR_TFP_RAW_ROOT=demo_out/raw CXR_TFP_OUTPUT_ROOT=tfx_out`` (or
+``CXR_TFP_INPUT=tfrecords CXR_TFP_DATA_ROOT=...`` to start from finished TFRecords).
 """
 import os
 
@@ -24,10 +25,13 @@ def run(settings: "configs.PipelineSettings | None" = None, **create_kwargs) -> 
     logging.set_verbosity(logging.INFO)
     for line in configs.summary_lines(settings):
         logging.info(line)
-    if not os.path.isdir(os.path.join(settings.data_root, configs.TRAIN_SPLIT)):
-        logging.warning("no %s split under %s: build TFRecords first (make demo, or "
-                        "python -m cxr_tfp.records.build ...) or set CXR_TFP_DATA_ROOT",
-                        configs.TRAIN_SPLIT, settings.data_root)
+    if settings.input == "raw" and not os.path.isdir(settings.raw_root):
+        logging.warning("no raw dataset folder %s: run make demo (it generates the synthetic one) "
+                        "or set CXR_TFP_RAW_ROOT (span sub-folders 1/, 2/, ...)", settings.raw_root)
+    if settings.input == "tfrecords" and not os.path.isdir(
+            os.path.join(settings.data_root, configs.TRAIN_SPLIT)):
+        logging.warning("no %s split under %s: build TFRecords first (python -m cxr_tfp.records.build "
+                        "...) or set CXR_TFP_DATA_ROOT", configs.TRAIN_SPLIT, settings.data_root)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(settings, **create_kwargs))
 
 

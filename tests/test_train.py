@@ -271,3 +271,36 @@ def test_stage_datasets_declare_their_batch_count(data):
     with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
         for _ in stage1_dataset(cfg, files, scan["num_examples"] + 10):
             pass
+
+
+DETERMINISTIC = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    from tests.test_train import small_cfg
+    from cxr_tfp.train import train_model, predict_split
+    from cxr_tfp.model import load_model
+    data, out = sys.argv[1], sys.argv[2]
+    res = []
+    for run in ("a", "b"):
+        cfg = small_cfg(deterministic=True, stage1_epochs=2, stage2_epochs=1, seed=3)
+        m = train_model(cfg, data + "/train", data + "/eval", out + "/" + run)
+        p = predict_split(load_model(out + "/" + run + "/model.keras"), cfg, [data + "/eval"])[0]
+        res.append({{"stage1": m["stage1"]["macro_auroc"], "stage2": m["stage2"]["macro_auroc"],
+                    "probs": p.tolist()}})
+    print("RESULT" + json.dumps(res))
+""")
+
+
+@pytest.mark.slow   # two trainings + exports in a fresh process: ~1-2 min on a shared 2-core machine
+def test_fixed_seed_with_op_determinism_trains_the_same_twice(data, tmp_path):
+    """The smoke config with ``deterministic: true`` and one seed: two fresh runs give equal metrics and
+    equal predictions (own process: op determinism is process-wide)."""
+    script = tmp_path / "det.py"
+    script.write_text(DETERMINISTIC.format(repo=REPO))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    p = subprocess.run([sys.executable, str(script), data, str(tmp_path / "runs")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = json.loads(p.stdout.split("RESULT", 1)[1])
+    assert a["stage1"] is not None and a["stage1"] == b["stage1"] and a["stage2"] == b["stage2"]
+    assert np.array_equal(np.asarray(a["probs"]), np.asarray(b["probs"]))

@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cxr_tfp.records.process import ProcessConfig
 from cxr_tfp.records.accounting import (TIMING_KEYS, check_fraction, empty_stats, rejected_line, summarise,
@@ -143,18 +143,13 @@ def _read_lines(prefix: Path) -> List[str]:
     return lines
 
 
-def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = DEFAULT_WORKERS,
-          beam_args: Optional[List[str]] = None, **adapter_options) -> Dict[str, Any]:
-    """Build OUT/{train,eval,test}/*.tfrecord.gz, dead_letters.jsonl and summary.json; return the summary.
+def parse_options(dataset: str, image_size: int, adapter_options: Dict[str, Any]
+                  ) -> Tuple[ProcessConfig, Dict[str, Any], Dict[str, Any]]:
+    """Split build options into (worker config, adapter options, build options).
 
-    Options besides the adapter's own: ``max_rejected_fraction`` (default 0.1), ``resize_mode``
-    (stretch / crop / pad), ``salt``, ``split_fractions`` (e.g. ``"0.8,0.1,0.1"``), ``redact_sources``
-    (hash the source paths in dead_letters.jsonl), ``progress`` (print progress to stderr, default True).
-
-    Raises :class:`~cxr_tfp.datasets.base.DatasetLayoutError` (wrong root / missing label table, before
-    anything is written) and :class:`RejectedFractionError` (after writing, when too many inputs failed).
+    Build options: ``max_rejected_fraction``, ``redact_sources``, ``progress``. Raises ValueError
+    naming a bad value. Shared by :func:`build` and the TFX ExampleGen, so both read options alike.
     """
-    t0 = time.monotonic()
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     opts = dict(adapter_options)
@@ -177,14 +172,16 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
     cfg = ProcessConfig(image_size=image_size, resize_mode=resize_mode, salt=salt, split_fractions=fractions,
                         max_pixels=None if max_pixels is None else int(max_pixels),
                         allow_burned_in=allow_burned_in, redact_sources=redact_sources)
-    stream = sys.stderr
+    return cfg, opts, {"max_rejected_fraction": max_rej, "redact_sources": redact_sources,
+                       "progress": show_progress}
 
-    def say(msg: str) -> None:
-        if show_progress:
-            print(f"[build] {msg}", file=stream, flush=True)
 
-    root, out = Path(root).expanduser(), Path(out).expanduser()
-    adapter = get_adapter(dataset, root, image_size=image_size, **opts)
+def read_inputs(dataset: str, root: Path, cfg: ProcessConfig, opts: Dict[str, Any], say=lambda msg: None):
+    """Run the adapter on this machine: ``(adapter, records, inputs already rejected)``.
+
+    Raises :class:`~cxr_tfp.datasets.base.DatasetLayoutError` before anything is written.
+    """
+    adapter = get_adapter(dataset, root, image_size=cfg.image_size, **opts)
     say(f"reading the {dataset} tables under {root}")
     adapter.check()  # fails at once, before anything is written
     if getattr(adapter, "generated", False):
@@ -196,6 +193,39 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
     n_ann = sum(r.n_annotation_inputs for r in records)
     say(f"{len(records)} images to process ({n_ann} annotation inputs attached), "
         f"{len(pre_rejected)} inputs already rejected, {sum(adapter.skipped.values())} rows skipped")
+    return adapter, records, pre_rejected
+
+
+def split_shard_counts(n_records: int, cfg: ProcessConfig) -> Dict[str, int]:
+    """Shards per split, fixed from the input size (byte-reproducible output, see records/shards.py)."""
+    return {sp: num_shards(int(math.ceil(n_records * frac))) for sp, frac in zip(SPLITS, cfg.split_fractions)}
+
+
+def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = DEFAULT_WORKERS,
+          beam_args: Optional[List[str]] = None, **adapter_options) -> Dict[str, Any]:
+    """Build OUT/{train,eval,test}/*.tfrecord.gz, dead_letters.jsonl and summary.json; return the summary.
+
+    Options besides the adapter's own: ``max_rejected_fraction`` (default 0.1), ``resize_mode``
+    (stretch / crop / pad), ``salt``, ``split_fractions`` (e.g. ``"0.8,0.1,0.1"``), ``redact_sources``
+    (hash the source paths in dead_letters.jsonl), ``progress`` (print progress to stderr, default True).
+
+    Raises :class:`~cxr_tfp.datasets.base.DatasetLayoutError` (wrong root / missing label table, before
+    anything is written) and :class:`RejectedFractionError` (after writing, when too many inputs failed).
+    """
+    t0 = time.monotonic()
+    cfg, opts, extra = parse_options(dataset, image_size, adapter_options)
+    max_rej, redact_sources, show_progress = (extra["max_rejected_fraction"], extra["redact_sources"],
+                                              extra["progress"])
+    salt = cfg.salt
+    stream = sys.stderr
+
+    def say(msg: str) -> None:
+        if show_progress:
+            print(f"[build] {msg}", file=stream, flush=True)
+
+    root, out = Path(root).expanduser(), Path(out).expanduser()
+    adapter, records, pre_rejected = read_inputs(dataset, root, cfg, opts, say)
+    n_ann = sum(r.n_annotation_inputs for r in records)
 
     from cxr_tfp import staging as S
 
@@ -310,8 +340,7 @@ def _run_beam(records: List[SourceRecord], out: Path, cfg: ProcessConfig, beam_a
     progress_dir.mkdir(mode=0o700, exist_ok=True)
     mode = options.view_as(__import__("apache_beam.options.pipeline_options", fromlist=["DirectOptions"])
                            .DirectOptions).direct_running_mode if is_direct else ""
-    shard_counts = {sp: num_shards(int(math.ceil(len(records) * frac)))
-                    for sp, frac in zip(SPLITS, cfg.split_fractions)}
+    shard_counts = split_shard_counts(len(records), cfg)
     say(f"running Beam ({runner}{f', {mode}, {workers} worker(s)' if is_direct else ''}) on {len(records)} images")
     stop = threading.Event()
     th = _progress_thread(progress_dir, len(records), stop, sys.stderr) if (show_progress and is_direct) else None

@@ -197,3 +197,30 @@ def test_two_concurrent_builds_one_wins_one_is_refused(root, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     files = {sp: sorted(p.name for p in (out / sp).glob("*.tfrecord.gz")) for sp in ("train", "eval", "test")}
     assert s["files"] == files and leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_full_disk_fails_in_one_line_and_keeps_the_previous_build(root, first_build, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) stands in for a full disk: writes fail with EFBIG mid-build."""
+    import resource
+    import shutil
+
+    out = tmp_path / "records"
+    shutil.copytree(first_build, out)
+    snap = snapshot(out)
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    p = subprocess.run([sys.executable, "-m", "cxr_tfp.records.build", "--dataset", "synthetic", "--root", str(root),
+                        "--out", str(out), "--image-size", "64", "--workers", "1", "--quiet"], cwd=REPO, env=env,
+                       preexec_fn=small_files, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert "too large" in lines[0].lower() or "space" in lines[0].lower(), lines[0]
+    assert snapshot(out) == snap
+    # the next run (no limit) cleans what the failed one left and succeeds
+    s = B.build("synthetic", root, out, image_size=16, workers=1, progress=False)
+    assert s["status"] == "ok" and leftovers(out.parent) == []

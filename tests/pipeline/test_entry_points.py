@@ -6,7 +6,6 @@ import sys
 import pytest
 
 from pipeline import configs
-from tests.pipeline.synthetic_records import write_splits
 
 REPO = str(configs.REPO_ROOT)
 
@@ -44,9 +43,12 @@ def test_demo_runs_end_to_end_and_says_where_outputs_are(tmp_path):
 def test_tfx_cli_creates_and_runs_the_local_pipeline(tmp_path):
     from pipeline import run_report as R
 
-    data = write_splits(str(tmp_path / "data"), {"train": 48, "eval": 16, "test": 24},
-                        image_size=64, seed=3)
-    env = _env(LOCAL_HOME=str(tmp_path / "tfx_home"), CXR_TFP_DATA_ROOT=data,
+    from cxr_tfp.datasets.synthetic import generate
+
+    # the raw folder, as a user drops it: span 1 of the synthetic dataset (the demo's settings)
+    generate(tmp_path / "raw" / "1", n_patients=150, image_size=configs.DEMO_IMAGE_SIZE,
+             contrast=configs.DEMO_SYNTHETIC_CONTRAST)
+    env = _env(LOCAL_HOME=str(tmp_path / "tfx_home"), CXR_TFP_RAW_ROOT=str(tmp_path / "raw"),
                CXR_TFP_OUTPUT_ROOT=str(tmp_path / "out" / "tfx"), CXR_TFP_PIPELINE_NAME="cli-test")
     tfx_cli = os.path.join(os.path.dirname(sys.executable), "tfx")
     create = subprocess.run([tfx_cli, "pipeline", "create", "--engine", "local", "--pipeline_path",
@@ -59,6 +61,7 @@ def test_tfx_cli_creates_and_runs_the_local_pipeline(tmp_path):
                          timeout=900)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     summary = R.latest_run(str(tmp_path / "out" / "tfx" / "metadata" / "cli-test" / "metadata.db"))
-    assert summary.states["Trainer"] == "COMPLETE" and summary.blessed is True
+    assert summary.states["ExampleGen"] == "COMPLETE" and summary.states["Trainer"] == "COMPLETE"
+    assert summary.blessed is True
     # serving_root defaults to <output_root>/serving
     assert R.pushed_versions(str(tmp_path / "out" / "tfx" / "serving" / configs.SERVING_MODEL_NAME))

@@ -40,10 +40,19 @@ def test_dag_wiring_splits_and_settings(settings, train_config):
     assert order.index(P.TRAINER) < order.index(P.EVALUATOR) < order.index(P.PUSHER)
     assert order.index(P.RESOLVER) < order.index(P.EVALUATOR)
     assert pipe.pipeline_info.pipeline_root == settings.resolved_pipeline_root
-    # Input splits: the data build's folders, one TFX split each.
-    splits = json.loads(comps[P.EXAMPLE_GEN].exec_properties["input_config"])["splits"]
+    # The default pipeline starts from the raw folder: the chest X-ray ExampleGen over the latest
+    # {SPAN} sub-folder, building the three splits at the training image size.
+    from pipeline.example_gen import Executor, read_params
+
+    gen = comps[P.EXAMPLE_GEN]
+    assert gen.executor_spec.executor_class is Executor
+    assert gen.exec_properties["input_base"] == settings.raw_root
+    splits = json.loads(gen.exec_properties["input_config"])["splits"]
     assert [(s["name"], s["pattern"]) for s in splits] == [
-        ("train", "train/*"), ("eval", "eval/*"), ("test", "test/*")]
+        ("train", "{SPAN}/*"), ("eval", "{SPAN}/*"), ("test", "{SPAN}/*")]
+    params = read_params(gen.exec_properties)
+    assert params["dataset"] == "synthetic" and params["image_size"] == train_config["image_size"]
+    assert "salt" not in params["options"]
     trainer = comps[P.TRAINER]
     # Training cannot start before the anomalies gate passed.
     assert P.ANOMALIES_GATE in {n.id for n in trainer.upstream_nodes}
@@ -56,6 +65,29 @@ def test_dag_wiring_splits_and_settings(settings, train_config):
     assert push["filesystem"]["base_directory"] == settings.push_base
     assert settings.push_base.endswith(os.path.join("serving", configs.SERVING_MODEL_NAME))
     assert pipe.enable_cache is True
+
+
+def test_import_example_gen_stays_an_option_for_finished_tfrecords(settings, train_config):
+    settings.input = "tfrecords"
+    gen = _by_id(P.create_pipeline(settings, train_config=train_config))[P.EXAMPLE_GEN]
+    assert type(gen).__name__ == "ImportExampleGen"
+    assert gen.exec_properties["input_base"] == settings.data_root
+    splits = json.loads(gen.exec_properties["input_config"])["splits"]
+    assert [(s["name"], s["pattern"]) for s in splits] == [
+        ("train", "train/*"), ("eval", "eval/*"), ("test", "test/*")]
+
+
+def test_beam_args_from_the_environment_reach_every_beam_component(monkeypatch, tmp_path, train_config):
+    monkeypatch.setenv("CXR_TFP_BEAM_ARGS", "--runner=DataflowRunner --project=p --region=europe-west4 "
+                                            "--temp_location=gs://b/tmp")
+    monkeypatch.setenv("CXR_TFP_OUTPUT_ROOT", str(tmp_path))
+    s = configs.PipelineSettings.from_env()
+    pipe = P.create_pipeline(s, train_config=train_config)
+    assert pipe.beam_pipeline_args == ["--runner=DataflowRunner", "--project=p", "--region=europe-west4",
+                                       "--temp_location=gs://b/tmp"]
+    monkeypatch.setenv("CXR_TFP_INPUT", "parquet")
+    with pytest.raises(ValueError, match="CXR_TFP_INPUT"):
+        configs.PipelineSettings.from_env()
 
 
 def test_settings_from_env_and_unknown_override(monkeypatch, tmp_path):
@@ -160,7 +192,7 @@ def test_kubeflow_v2_spec_has_every_component_and_the_image(tmp_path, monkeypatc
     from pipeline import kubeflow_v2_runner
 
     monkeypatch.setenv("CXR_TFP_OUTPUT_ROOT", "gs://example-bucket/cxr-tfp")
-    monkeypatch.setenv("CXR_TFP_DATA_ROOT", "gs://example-bucket/tfrecords")
+    monkeypatch.setenv("CXR_TFP_RAW_ROOT", "gs://example-bucket/raw")
     path = kubeflow_v2_runner.compile_pipeline(output_dir=str(tmp_path))
     spec = json.load(open(path))["pipelineSpec"]
     tasks = spec["root"]["dag"]["tasks"]
@@ -176,4 +208,29 @@ def test_kubeflow_v2_spec_has_every_component_and_the_image(tmp_path, monkeypatc
     assert len(images) == 1 and configs.PIPELINE_IMAGE.startswith("cxr-tfp-pipeline")
     text = open(path).read()
     assert kubeflow_v2_runner.IMAGE_SCHEMA_FILE in text  # curated schema path inside the image
-    assert "gs://example-bucket/tfrecords" in text and "metadata.db" not in text
+    assert "gs://example-bucket/raw" in text and "metadata.db" not in text
+    # the chest X-ray ExampleGen runs in the image with its own executor and the {SPAN} pattern
+    executors = spec["deploymentSpec"]["executors"]
+    gen = executors[next(k for k in executors if P.EXAMPLE_GEN in k)]
+    assert "pipeline.example_gen.Executor" in json.dumps(gen)
+    assert "{SPAN}/*" in text
+
+
+def test_vertex_training_asks_for_workers_and_a_gpu_in_the_spec(tmp_path, monkeypatch):
+    from pipeline import kubeflow_v2_runner
+
+    monkeypatch.setenv("CXR_TFP_OUTPUT_ROOT", "gs://example-bucket/cxr-tfp")
+    monkeypatch.setenv("CXR_TFP_VERTEX_TRAINING", json.dumps(
+        {"project": "p", "region": "europe-west4", "machine_type": "n1-standard-8",
+         "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 1, "workers": 2}))
+    text = open(kubeflow_v2_runner.compile_pipeline(output_dir=str(tmp_path))).read()
+    spec = json.loads(text)["pipelineSpec"]
+    assert P.TRAINER in spec["root"]["dag"]["tasks"]
+    config = configs.PipelineSettings.from_env()
+    custom = P.vertex_trainer_config(config.vertex_training, {"distribute": "none"})
+    pools = custom["ai_platform_training_args"]["worker_pool_specs"]
+    assert [p["replica_count"] for p in pools] == [1, 2]
+    assert pools[0]["machine_spec"]["accelerator_type"] == "NVIDIA_TESLA_T4"
+    assert custom["train_config"]["distribute"] == "multi_worker"
+    # the compiled spec carries the same request (custom_config is a JSON string parameter there)
+    assert "worker_pool_specs" in text and "NVIDIA_TESLA_T4" in text and "multi_worker" in text
