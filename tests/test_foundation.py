@@ -35,7 +35,7 @@ def _pins(req_file: Path):
     ("cxr_tfp", "__version__"), ("tensorflow_probability", "distributions"), ("keras_cv", "layers"),
     ("keras_hub", "models"), ("apache_beam", "Pipeline"), ("pydicom", "dcmread"),
     ("tensorflow_serving.apis.prediction_service_pb2_grpc", "PredictionServiceStub"),
-    ("tensorflow_model_analysis", "EvalConfig"),
+    ("tensorflow_model_analysis.proto.config_pb2", "EvalConfig"),
 ])
 def test_stack_imports(module, attribute):
     """Each stack module imports (a missing one fails here) and is the package we use, not a stub."""
