@@ -498,10 +498,10 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
 
     with strategy.scope():
         model = build_model(cfg)
-        if cfg.pos_weight:
-            neg = scan["known"] - scan["positives"]
-            model.pos_weight = [float(np.clip(n / max(p, 1.0), 1.0, 100.0))
-                                for n, p in zip(neg, scan["positives"])]
+    pos_weight = None
+    if cfg.pos_weight:   # a loss setting known only from the split scan: given to compile()
+        neg = scan["known"] - scan["positives"]
+        pos_weight = [float(np.clip(n / max(p, 1.0), 1.0, 100.0)) for n, p in zip(neg, scan["positives"])]
     metrics["weights"] = model.weights_source   # what the backbone started from (None: random init)
 
     def run_stage(stage: int, dataset_fn, on_fresh_start=None) -> None:
@@ -513,7 +513,7 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
             optimizer = keras.optimizers.Adam(learning_rate_for(cfg, stage, scan))
             if cfg.precision == "mixed_float16":   # float16 gradients underflow without loss scaling
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            model.compile(optimizer=optimizer)
+            model.compile(optimizer=optimizer, pos_weight=pos_weight)
             ckpt = StageCheckpoint(model, ckpt_dir, chief)
             done = ckpt.restore()
             if done == 0 and on_fresh_start is not None:
@@ -568,7 +568,7 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
     from cxr_tfp.metrics import choose_thresholds
 
     # Youden on eval; 0.5 where undefined (the model must always carry a threshold per finding).
-    model.thresholds = choose_thresholds(findings, probs, labels, mask, "youden", default=0.5)
+    model.set_thresholds(choose_thresholds(findings, probs, labels, mask, "youden", default=0.5))
     metrics["final_stage"] = final
     metrics["thresholds"] = model.thresholds
     if chief:
