@@ -89,7 +89,7 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_RUNTIME
 
 
-def report(exc: BaseException, prog: str = "", stream=None) -> int:
+def report(exc: BaseException, stream=None) -> int:
     """Print the one-line error for ``exc`` and return its exit code."""
     stream = stream or sys.stderr
     code = exit_code(exc)

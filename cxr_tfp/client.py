@@ -367,7 +367,7 @@ def predict_files(server: str, files: List[str], model: str = DEFAULT_MODEL,
                   model_dir: Optional[str] = None, labels: Optional[Sequence[str]] = None,
                   thresholds: Optional[Mapping[str, float]] = None,
                   version: Optional[int] = None, version_label: Optional[str] = None,
-                  image_size: Optional[int] = None) -> List[dict]:
+                  image_size: Optional[int] = None, encoded: Optional[Sequence[bytes]] = None) -> List[dict]:
     """Predict every file through TF Serving's gRPC ``Predict``; one result dict per file, in order.
 
     ``model_dir`` (a local copy of the served SavedModel, or its base path) supplies finding names and
@@ -378,7 +378,8 @@ def predict_files(server: str, files: List[str], model: str = DEFAULT_MODEL,
     if not files:
         raise ServingError("no files given", "INVALID_ARGUMENT")
     labels, thresholds = _assets_for(model_dir, labels, thresholds)
-    encoded = _encode_all(files, image_size)
+    # ``encoded``: the files already encoded by the caller (the CLI checks each file once)
+    encoded = list(encoded) if encoded is not None else _encode_all(files, image_size)
     results: List[dict] = []
     with PredictClient(server, model, signature, timeout_s, retries, version=version,
                        version_label=version_label) as client:
@@ -400,7 +401,8 @@ def _assets_for(model_dir, labels, thresholds):
 def predict_files_local(saved_model_dir: str, files: List[str],
                         signature: str = MD.IMAGE_SIGNATURE,
                         batch_size: int = DEFAULT_BATCH, loaded=None,
-                        image_size: Optional[int] = None) -> List[dict]:
+                        image_size: Optional[int] = None,
+                        encoded: Optional[Sequence[bytes]] = None) -> List[dict]:
     """In-process fallback with the result shape of :func:`predict_files` (no server involved).
 
     Calls the SavedModel's signature exactly as TF Serving would (same inputs, same outputs).
@@ -415,7 +417,8 @@ def predict_files_local(saved_model_dir: str, files: List[str],
         raise ServingError(f"SavedModel {path} has no signature {signature!r}; available: "
                            f"{sorted(loaded.signatures)}", "FAILED_PRECONDITION")
     fn = loaded.signatures[signature]
-    encoded = _encode_all(files, image_size)
+    # ``encoded``: the files already encoded by the caller (the CLI checks each file once)
+    encoded = list(encoded) if encoded is not None else _encode_all(files, image_size)
     version = MD.version_of(path)
     results: List[dict] = []
     for i in range(0, len(files), batch_size):
@@ -486,10 +489,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     labels = _read_labels_file(a.labels) if a.labels else None
     thresholds = _read_thresholds_file(a.thresholds) if a.thresholds else None
     # One bad file is reported (one line, naming it) and the others still go through.
-    good, bad = [], 0
+    good, payloads, bad = [], [], 0
     for f in a.files:
         try:
-            encode_file(f, a.image_size)
+            payloads.append(encode_file(f, a.image_size)[0])
             good.append(f)
         except InputFileError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -499,16 +502,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             if a.local:
                 results = predict_files_local(a.local, good, a.signature, a.batch_size,
-                                              image_size=a.image_size)
+                                              image_size=a.image_size, encoded=payloads)
             else:
                 results = predict_files(a.server, good, a.model, a.signature, a.timeout,
                                         retries=a.retries, batch_size=a.batch_size,
                                         model_dir=a.model_dir, labels=labels, thresholds=thresholds,
                                         version=a.version, version_label=a.version_label,
-                                        image_size=a.image_size)
-        except InputFileError as e:  # a file changed between the check and the send
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+                                        image_size=a.image_size, encoded=payloads)
         except (ServingError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

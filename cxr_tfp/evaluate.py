@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-saliency", action="store_true", help="skip saliency maps")
     p.add_argument("--saliency-methods", default=None,
                    help="comma-separated saliency methods, primary first (default: all the model offers; "
-                        "a .keras model: gradcam,occlusion,attention)")
+                        "a .keras model: gradcam,occlusion,attention). Occlusion costs about 50 forward "
+                        "passes per image: cap the images with --max-saliency on large splits")
     return p
 
 

@@ -6,7 +6,7 @@ SavedModel export).
 Layout beside an output folder ``DIR/NAME`` (all in the same parent, so every move is a rename on
 one file system)::
 
-    DIR/.NAME.lock       who holds the output: {"pid", "host", "started", "command"} (flock'ed)
+    DIR/.NAME.lock       who holds the output: {"pid", "host", "started", "what"} (flock'ed)
     DIR/.NAME.staging/   the run being written (0700; removed if the run dies and the next one starts)
     DIR/.NAME.previous/  the old output, only during the two renames of a swap
 
@@ -82,8 +82,7 @@ def _read_holder(path: Path) -> dict:
 def describe_holder(info: dict) -> str:
     if not info:
         return "another process (no holder information)"
-    return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')} since {info.get('started', '?')}"
-            + (f" ({info['command']})" if info.get("command") else ""))
+    return f"pid {info.get('pid', '?')} on host {info.get('host', '?')} since {info.get('started', '?')}"
 
 
 class OutputLock:
@@ -142,8 +141,7 @@ class OutputLock:
                       file=sys.stderr)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "command": " ".join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:])[:200]
-                if self.what else ""}
+                "what": self.what}  # no command line: it may hold source paths
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         os.fsync(fd)

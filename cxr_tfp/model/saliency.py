@@ -229,6 +229,24 @@ def attention_map(model, images: np.ndarray, finding_index: Optional[int] = None
     return _normalise(cells_to_image(att, geometry or model_geometry(model), model.image_size))
 
 
+def _score_fn(model, finding_index: int):
+    """One traced ``images -> probability of the finding at the prior mean`` per model and finding
+    (cached on the model: a new tf.function per call would retrace every batch)."""
+    import tensorflow as tf
+
+    cache = model.__dict__.setdefault("_saliency_score_fns", {})
+    if finding_index not in cache:
+        size = model.image_size
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
+        def score(batch):
+            mu, _ = model.head.prior(model.features(batch, training=False))
+            return tf.sigmoid(model.head.classifier(mu))[:, finding_index]
+
+        cache[finding_index] = score
+    return cache[finding_index]
+
+
 def occlusion(model, images: np.ndarray, finding_index: int, patch: Optional[int] = None,
               stride: Optional[int] = None, batch_size: int = 64) -> np.ndarray:
     """Occlusion sensitivity ``[B, S, S]`` in [0, 1] for ``model.findings[finding_index]``.
@@ -250,10 +268,7 @@ def occlusion(model, images: np.ndarray, finding_index: int, patch: Optional[int
         starts.append(size - patch)   # cover the last rows / columns too
     windows = [(r, c) for r in starts for c in starts]
 
-    @tf.function(reduce_retracing=True)
-    def score(batch):
-        mu, _ = model.head.prior(model.features(batch, training=False))
-        return tf.sigmoid(model.head.classifier(mu))[:, finding_index]
+    score = _score_fn(model, finding_index)
 
     out = np.zeros((len(x), size, size), np.float64)
     for b, img in enumerate(x):

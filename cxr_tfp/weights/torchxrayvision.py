@@ -194,7 +194,6 @@ def build_classifier(path: str, image_size: int = 224):
     Returns ``(model, checkpoint)``; ``checkpoint.pathologies`` names the outputs.
     """
     import keras
-    import tensorflow as tf
 
     from cxr_tfp.model.backbones.densenet import CxrDenseNetBackbone
     from cxr_tfp.weights import TXRV_SCALING, WeightsError
@@ -222,5 +221,4 @@ def build_classifier(path: str, image_size: int = 224):
         op = ckpt.op_threshs
         probs = keras.layers.Lambda(lambda p: op_norm(p, op), name="op_norm")(probs)
     model = keras.Model(inp, {"features2": feats, "outputs": probs}, name="txrv_classifier")
-    del tf
     return model, ckpt

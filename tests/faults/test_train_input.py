@@ -167,3 +167,42 @@ def test_kill_9_during_training_resumes_and_finishes(data, tmp_path):
     left = [x.name for x in tmp_path.iterdir() if x.name.startswith(".")] + \
         [x.name for x in out.iterdir() if x.name.startswith(".")]
     assert left == [], left
+
+
+@pytest.mark.slow
+def test_kill_9_during_the_final_export_keeps_the_finished_model(data, tmp_path):
+    """A finished run's model.keras and SavedModel survive a kill -9 of a re-run while it re-exports."""
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cxr_tfp.train", "--data", str(data), "--out", str(out), "--backbone", "tiny",
+           "--image-size", "32", "--stage1-epochs", "1", "--stage2-epochs", "0", "--batch-size", "8"]
+    env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="3")
+    first = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    def snap():
+        files = [out / "model.keras"] + sorted(p for p in (out / "saved_model").rglob("*") if p.is_file())
+        return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    before = snap()
+    p = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    marks = [out / ".model.partial.keras", out / ".saved_model.staging"]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 300 and p.poll() is None and not any(m.exists() for m in marks):
+        time.sleep(0.002)
+    hit = any(m.exists() for m in marks)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert hit, "the re-run finished before the kill"
+    assert snap() == before
+    last = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert last.returncode == 0, last.stderr[-2000:]
+    assert not [x.name for x in out.iterdir() if x.name.startswith(".")]

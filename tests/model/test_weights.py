@@ -1,12 +1,9 @@
 """Starting weights: keras-hub backbones and presets, the folded grey stem, the torchxrayvision
 conversion against numbers torch computed (tests/fixtures/txrv, made by scripts/make_txrv_fixture.py),
 the restricted unpickler, offline `imagenet`, and a smoke training from each kind of weights."""
-import io
 import json
 import os
 import pickle
-import subprocess
-import sys
 import time
 import zipfile
 
@@ -275,3 +272,15 @@ def test_evaluate_side_by_side_with_converted_torchxrayvision(tmp_path):
     names = list(ckpt.pathologies)
     np.testing.assert_allclose(probs[:, txrv.findings.index("Cardiomegaly")], ref[:, names.index("Cardiomegaly")])
     assert np.all(unc == 0)
+
+
+def test_cli_imagenet_offline_is_one_line_exit_2(data32, tmp_path, monkeypatch, capsys):
+    from cxr_tfp.train import main
+
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
+    rc = main(["--data", data32, "--out", str(tmp_path / "run"), "--config", os.path.join(REPO, "configs", "smoke.yaml"),
+               "--backbone", "densenet121", "--image-size", "32", "--weights", "imagenet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: weights=imagenet")
+    assert "--weights /path/to/densenet_121_imagenet" in err[0]
