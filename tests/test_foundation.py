@@ -62,7 +62,7 @@ def test_installed_versions_match_pins():
 
 def test_every_requirement_is_pinned_once():
     lock = _pins(REQ / "constraints.txt")
-    for f in ("base.txt", "kfp.txt", "dev.txt"):
+    for f in ("base.txt", "beam.txt", "tfx.txt", "serving.txt", "kfp.txt", "dev.txt"):
         for name in _names(REQ / f):
             assert name in lock, f"{f}: {name} has no exact pin in constraints.txt"
     nodeps = _pins(REQ / "nodeps.txt")
@@ -74,7 +74,7 @@ def test_every_requirement_is_pinned_once():
 def test_dockerfile_and_local_install_share_the_same_pin_files():
     docker = (REPO / "Dockerfile").read_text()
     install = (REPO / "scripts" / "install.sh").read_text()
-    for f in ("constraints.txt", "base.txt", "nodeps.txt", "kfp.txt"):
+    for f in ("constraints.txt", "base.txt", "beam.txt", "tfx.txt", "serving.txt", "nodeps.txt", "kfp.txt"):
         assert f in docker, f"Dockerfile does not install from requirements/{f}"
         assert f in install, f"scripts/install.sh does not install from requirements/{f}"
     assert re.search(r"^FROM python:3\.11", docker, re.M), "pipeline image must be Python 3.11"
