@@ -7,6 +7,7 @@ Every component runs in the project image (``configs.PIPELINE_IMAGE``, built fro
 Dockerfile). See pipeline/README.md for submitting the spec to a KFP v2 cluster or to Vertex.
 """
 import os
+import sys
 from typing import Optional
 
 from pipeline import configs
