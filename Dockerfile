@@ -15,7 +15,8 @@ COPY requirements/ requirements/
 # Step 1: the resolvable stack, every version pinned by requirements/constraints.txt.
 RUN python -m pip install --no-cache-dir "pip==25.3" \
  && python -m pip install --no-cache-dir -c requirements/constraints.txt \
-        -r requirements/base.txt -r requirements/kfp.txt
+        -r requirements/base.txt -r requirements/beam.txt -r requirements/tfx.txt \
+        -r requirements/serving.txt -r requirements/kfp.txt
 # Step 2: tfx & co. without their unresolvable pins (ml-metadata/TFDV >= 1.21 have no cp311 wheels).
 RUN python -m pip install --no-cache-dir --no-deps -r requirements/nodeps.txt
 

@@ -27,12 +27,19 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["cxr_tfp", "cxr_tfp.*"]),
+    # Core: train, evaluate, export, predict (`pip install .`). Extras: `pip install .[beam,serving]`.
     install_requires=_reqs("base.txt"),
     extras_require={
-        # tfx & co. must be installed with --no-deps (scripts/install.sh step 2); listed for reference.
-        "tfx": _reqs("nodeps.txt"),
-        "kfp": _reqs("kfp.txt"),
+        "beam": _reqs("beam.txt"),                       # python -m cxr_tfp.records.build
+        # The TFX pipeline. tfx, ml-pipelines-sdk, ml-metadata and TFDV are NOT listed: their pins do
+        # not resolve on Python 3.11; install them after this extra with
+        # `pip install --no-deps -r requirements/nodeps.txt` (scripts/install.sh step 2).
+        "tfx": _reqs("beam.txt") + _reqs("tfx.txt"),
+        "serving": _reqs("serving.txt"),                 # client, warm-up records, stand-in server
+        "kfp": _reqs("kfp.txt"),                         # KubeflowV2DagRunner
         "dev": _reqs("dev.txt"),
+        "all": sorted(set(sum((_reqs(f) for f in ("beam.txt", "tfx.txt", "serving.txt", "kfp.txt",
+                                                   "dev.txt")), []))),
     },
     entry_points={
         "console_scripts": [

@@ -68,9 +68,10 @@ def build(root: str, control: bool, args) -> str:
 def canonical_shards(split_dir: str) -> list:
     """The split's TFRecord shards ordered by the smallest example key each holds.
 
-    Why: the Beam build may give the same shards swapped file names from one build to the next, and
-    the input pipeline reads files in the order given, so the training order (and the AUROC, by up
-    to ~0.03 here) would depend on the build; ordering by content makes a rebuild train the same.
+    Why: builds made before the build became byte-reproducible could give the same shards swapped
+    file names from one build to the next, and the input pipeline reads files in the order given, so
+    the training order (and the AUROC, by up to ~0.03 here) depended on the build. Current builds are
+    identical byte for byte; the content order keeps older data folders comparable.
     """
     import glob
 

@@ -109,6 +109,9 @@ def run(main: Callable[[Optional[List[str]]], int], argv: Optional[Sequence[str]
         if isinstance(exc.code, str):
             print(f"error: {exc.code}", file=sys.stderr, flush=True)
             return EXIT_USAGE
+        if not exc.code and ("-h" in args or "--help" in args):
+            print(f"\n{DEBUG_FLAG} (every command): print the Python traceback on error (or {DEBUG_ENV}=1); "
+                  f"exit codes: 0 ok, 1 runtime failure, 2 user error")
         return int(exc.code or 0)
     except BaseException as exc:  # noqa: BLE001  (the point: one line, not a traceback)
         if debug:

@@ -310,16 +310,16 @@ class EvalOptions:
             raise ValueError(f"n_resamples must be >= 0, got {self.n_resamples}")
 
 
-def choose_thresholds(pred: Optional[Predictions], findings: Sequence[str], opts: EvalOptions) -> Dict[str, object]:
-    """Per-finding thresholds from the threshold split's predictions (``None`` where undefined)."""
-    if opts.threshold_method == "fixed" or pred is None:
+def thresholds_from(pred: Optional[Predictions], findings: Sequence[str], opts: EvalOptions) -> Dict[str, object]:
+    """Per-finding thresholds from the threshold split's predictions (``None`` where undefined).
+
+    The rule itself is :func:`cxr_tfp.metrics.choose_thresholds` (the one training uses too).
+    """
+    if pred is None:
         return {f: opts.fixed_threshold for f in findings}
-    out = {}
-    for f in findings:
-        j = pred.findings.index(f)
-        out[f] = M.choose_threshold(pred.labels[:, j], pred.probs[:, j], opts.threshold_method,
-                                    opts.target_sensitivity, pred.mask[:, j])
-    return out
+    cols = [pred.findings.index(f) for f in findings]
+    return M.choose_thresholds(findings, pred.probs[:, cols], pred.labels[:, cols], pred.mask[:, cols],
+                               opts.threshold_method, opts.target_sensitivity, opts.fixed_threshold)
 
 
 def compute_metrics(pred: Predictions, thresholds: Dict[str, object], opts: EvalOptions) -> Dict[str, object]:
@@ -422,8 +422,8 @@ def evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str
                        n_examples=n_examples, gaze_level=opts.gaze_level, top_k=opts.top_k,
                        saliency_methods=saliency_methods)
         th_pred = collect(ad, th_files, batch_size=batch_size, saliency=False) if th_files else None
-        thresholds = choose_thresholds(th_pred, ad.findings,
-                                       dataclasses.replace(opts, threshold_method=method))
+        thresholds = thresholds_from(th_pred, ad.findings,
+                                     dataclasses.replace(opts, threshold_method=method))
         m = compute_metrics(pred, thresholds, opts)
         m.update({"name": ad.name, "path": ad.path, "kind": ad.kind})
         models_out.append(m)

@@ -12,6 +12,7 @@ latent with fixed pre-drawn noise (deterministic; identical to ``model.predict_w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -96,6 +97,12 @@ def sample_inputs(image_size: int, count: int = 2):
                               patient_key=f"warmup-{i}", example_key=f"warmup-{i}", dataset="synthetic")
         examples.append(F.to_example(rec).SerializeToString())
     return pngs, examples
+
+
+def _has_serving_api() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow_serving") is not None
 
 
 def write_warmup(export_dir: str, image_size: int, model_name: str = MD.MODEL_NAME) -> str:
@@ -201,7 +208,12 @@ def _export(model, export_dir: str, num_samples: Optional[int], thresholds: Opti
         }
         tf.io.gfile.makedirs(export_dir)
         tf.saved_model.save(module, export_dir, signatures=signatures)
-    write_warmup(export_dir, int(model.image_size), model_name=model_name)
+    if _has_serving_api():
+        write_warmup(export_dir, int(model.image_size), model_name=model_name)
+    else:  # a core install (pip install .) exports a servable model, without the warm-up records
+        logging.getLogger("cxr_tfp.export").warning(
+            "tensorflow-serving-api is not installed (pip install 'cxr-tfp[serving]'): no %s written",
+            WARMUP_FILE)
     return export_dir
 
 

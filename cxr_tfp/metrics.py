@@ -200,6 +200,26 @@ def choose_threshold(y, s, method: str = "youden", target_sensitivity: float = 0
     raise ValueError(f"unknown threshold method {method!r}; use 'youden' or 'sensitivity'")
 
 
+def choose_thresholds(findings: Sequence[str], probs, labels, mask=None, method: str = "youden",
+                      target_sensitivity: float = 0.9, fixed: float = 0.5,
+                      default: Optional[float] = None) -> Dict[str, Optional[float]]:
+    """Per-finding operating thresholds on (eval-split) arrays ``[N, L]``, columns in ``findings`` order.
+
+    ``method`` is ``youden``, ``sensitivity`` (see :func:`choose_threshold`) or ``fixed`` (every
+    finding at ``fixed``); ``default`` where a threshold is undefined (no positives/negatives).
+    The one threshold rule of the project: training stores these in the model, evaluation reports them.
+    """
+    if method == "fixed":
+        return {f: float(fixed) for f in findings}
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    out: Dict[str, Optional[float]] = {}
+    for j, f in enumerate(findings):
+        t = choose_threshold(labels[:, j], probs[:, j], method, target_sensitivity,
+                             None if mask is None else np.asarray(mask)[:, j]) if len(labels) else None
+        out[f] = default if t is None else float(t)
+    return out
+
+
 # ------------------------------------------------------------------------------------- calibration
 def reliability_bins(y, p, n_bins: int = 10, mask=None) -> Dict[str, List]:
     """Equal-width probability bins over [0, 1]: count, mean predicted probability, observed rate.

@@ -193,12 +193,28 @@ def _distributable(ds, cfg: TrainConfig):
 
 
 # ---------------------------------------------------------------------------------------- data
-def stage1_dataset(cfg: TrainConfig, files: Sequence[str]):
-    """Shuffled, augmented batches of all training images: ``(x, y)``."""
+def with_batch_count(ds, num_examples: Optional[int], batch_size: int):
+    """Declare the number of batches the split scan counted (``num_examples`` None: ``ds`` as it is).
+
+    Why: TFRecord and filtered datasets have unknown cardinality, so Keras prints ``1/Unknown`` for
+    every epoch. The scan reads the same files (the cosine schedule's step count relies on it too);
+    should they change under a running job, the epoch fails with "Input dataset was expected to
+    contain N elements" instead of training on something else.
+    """
+    import tensorflow as tf
+
+    if num_examples is None:
+        return ds
+    return ds.apply(tf.data.experimental.assert_cardinality(int(math.ceil(num_examples / batch_size))))
+
+
+def stage1_dataset(cfg: TrainConfig, files: Sequence[str], num_examples: Optional[int] = None):
+    """Shuffled, augmented batches of all training images: ``(x, y)`` (``num_examples``: the scan's count)."""
     import tensorflow as tf
 
     ds = make_dataset(files, cfg.image_size, cfg.finding_names, cfg.batch_size, shuffle=cfg.shuffle,
                       seed=cfg.seed)
+    ds = with_batch_count(ds, num_examples, cfg.batch_size)
     if cfg.augment:
         from cxr_tfp.augment import make_augmenter
 
@@ -208,11 +224,13 @@ def stage1_dataset(cfg: TrainConfig, files: Sequence[str]):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def stage2_image_dataset(cfg: TrainConfig, files: Sequence[str], shuffle: Optional[bool] = None):
+def stage2_image_dataset(cfg: TrainConfig, files: Sequence[str], shuffle: Optional[bool] = None,
+                         num_examples: Optional[int] = None):
     """Annotated-subset batches with images (the frozen backbone is recomputed each step)."""
-    return make_dataset(files, cfg.image_size, cfg.finding_names, cfg.batch_size,
-                        shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed,
-                        annotated_only=True)
+    ds = make_dataset(files, cfg.image_size, cfg.finding_names, cfg.batch_size,
+                      shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed,
+                      annotated_only=True)
+    return with_batch_count(ds, num_examples, cfg.batch_size)
 
 
 def cache_stage2_features(model, cfg: TrainConfig, files: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -300,17 +318,6 @@ def auroc_report(findings: Sequence[str], probs, labels, mask) -> Dict[str, Any]
     defined = [v for v in per.values() if v is not None]
     return {"auroc": per, "macro_auroc": float(np.mean(defined)) if defined else None,
             "num_eval": int(len(labels))}
-
-
-def choose_thresholds(findings: Sequence[str], probs, labels, mask) -> Dict[str, float]:
-    """Youden operating threshold per finding on eval; 0.5 where it is undefined."""
-    from cxr_tfp import metrics as M
-
-    out = {}
-    for j, f in enumerate(findings):
-        t = M.choose_threshold(labels[:, j], probs[:, j], "youden", mask=mask[:, j]) if len(labels) else None
-        out[f] = 0.5 if t is None else float(t)
-    return out
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -491,10 +498,10 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
 
     with strategy.scope():
         model = build_model(cfg)
-        if cfg.pos_weight:
-            neg = scan["known"] - scan["positives"]
-            model.pos_weight = [float(np.clip(n / max(p, 1.0), 1.0, 100.0))
-                                for n, p in zip(neg, scan["positives"])]
+    pos_weight = None
+    if cfg.pos_weight:   # a loss setting known only from the split scan: given to compile()
+        neg = scan["known"] - scan["positives"]
+        pos_weight = [float(np.clip(n / max(p, 1.0), 1.0, 100.0)) for n, p in zip(neg, scan["positives"])]
     metrics["weights"] = model.weights_source   # what the backbone started from (None: random init)
 
     def run_stage(stage: int, dataset_fn, on_fresh_start=None) -> None:
@@ -506,7 +513,7 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
             optimizer = keras.optimizers.Adam(learning_rate_for(cfg, stage, scan))
             if cfg.precision == "mixed_float16":   # float16 gradients underflow without loss scaling
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            model.compile(optimizer=optimizer)
+            model.compile(optimizer=optimizer, pos_weight=pos_weight)
             ckpt = StageCheckpoint(model, ckpt_dir, chief)
             done = ckpt.restore()
             if done == 0 and on_fresh_start is not None:
@@ -537,7 +544,7 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
     if state.get("stage1_done"):
         model.load_weights(os.path.join(out_dir, "stage1.weights.h5"))
     else:
-        run_stage(1, lambda: stage1_dataset(cfg, train))
+        run_stage(1, lambda: stage1_dataset(cfg, train, scan["num_examples"]))
 
     # Stage 2 ------------------------------------------------------------------------------------
     if cfg.stage2_epochs > 0:
@@ -551,14 +558,17 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
                     cache = cache_stage2_features(model, cfg, train)
                     metrics["stage2_cached_examples"] = int(len(cache[F.Y_LABELS]))
                     return cached_dataset(cache, cfg)
-                return stage2_image_dataset(cfg, train)
+                return stage2_image_dataset(cfg, train, num_examples=scan["annotated"])
 
             run_stage(2, stage2_data, on_fresh_start=model.init_posterior_from_prior)
 
     # Final: thresholds, .keras, SavedModel ------------------------------------------------------
     final = "stage2" if cfg.stage2_epochs > 0 else "stage1"
     probs, _, labels, mask = predict_split(model, cfg, evals)
-    model.thresholds = choose_thresholds(findings, probs, labels, mask)
+    from cxr_tfp.metrics import choose_thresholds
+
+    # Youden on eval; 0.5 where undefined (the model must always carry a threshold per finding).
+    model.set_thresholds(choose_thresholds(findings, probs, labels, mask, "youden", default=0.5))
     metrics["final_stage"] = final
     metrics["thresholds"] = model.thresholds
     if chief:

@@ -58,8 +58,8 @@ MACRO_AUC_MAX_DROP = 0.01
 # blessing floor in about a minute on 2 cores (demo data: see below).
 TRAIN_OVERRIDES: Dict[str, Any] = {"stage1_epochs": 25, "augment": False}
 
-# The demo (make demo) writes under DEMO_OUT; a plain local run reads the demo's TFRecords and
-# writes under OUTPUT_ROOT (serving/README.md serves OUTPUT_ROOT/serving by default).
+# The demo (make demo) writes under DEMO_OUT; a plain local run reads the demo's raw folder
+# (DEMO_OUT/raw/<span>/) and writes under OUTPUT_ROOT (serving/README.md serves OUTPUT_ROOT/serving by default).
 DEMO_OUT = str(REPO_ROOT / "demo_out")
 OUTPUT_ROOT = str(REPO_ROOT / "tfx_out")
 DEMO_PATIENTS = 500
@@ -88,7 +88,8 @@ class PipelineSettings:
     # Expected fingerprint of the salt (cxr_tfp.privacy.salt_fingerprint): the ExampleGen refuses to
     # run with another salt. The salt itself is a secret of the runtime environment, never a setting.
     salt_fingerprint: Optional[str] = None
-    data_root: str = os.path.join(DEMO_OUT, "tfrecords")  # finished TFRecords, input="tfrecords"
+    data_root: str = os.path.join(DEMO_OUT, "tfrecords")  # finished TFRecords (input="tfrecords";
+    #                                                        python -m cxr_tfp.records.build --out ...)
     pipeline_root: Optional[str] = None          # default <output_root>/pipelines/<name>
     metadata_path: Optional[str] = None          # default <output_root>/metadata/<name>/metadata.db
     serving_root: Optional[str] = None           # default <output_root>/serving

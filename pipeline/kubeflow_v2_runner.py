@@ -7,6 +7,7 @@ Every component runs in the project image (``configs.PIPELINE_IMAGE``, built fro
 Dockerfile). See pipeline/README.md for submitting the spec to a KFP v2 cluster or to Vertex.
 """
 import os
+import sys
 from typing import Optional
 
 from pipeline import configs
@@ -17,6 +18,15 @@ IMAGE_REPO_ROOT = "/pipeline"
 IMAGE_SCHEMA_FILE = f"{IMAGE_REPO_ROOT}/pipeline/schema/schema.pbtxt"
 # Beam inside one container: use its cores.
 KUBEFLOW_BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+
+
+def kubeflow_beam_args():
+    """``CXR_TFP_BEAM_ARGS`` when set (e.g. the Dataflow flags of pipeline/README.md), else every core
+    of the component's own container."""
+    import shlex
+
+    return shlex.split(os.environ["CXR_TFP_BEAM_ARGS"]) if os.environ.get("CXR_TFP_BEAM_ARGS") \
+        else list(KUBEFLOW_BEAM_ARGS)
 
 
 def spec_filename(settings: configs.PipelineSettings) -> str:
@@ -30,7 +40,7 @@ def compile_pipeline(settings: Optional[configs.PipelineSettings] = None,
 
     settings = settings or configs.PipelineSettings.from_env()
     pipeline = create_pipeline(settings, schema_file=IMAGE_SCHEMA_FILE,
-                               beam_args=KUBEFLOW_BEAM_ARGS, local_metadata=False)
+                               beam_args=kubeflow_beam_args(), local_metadata=False)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
             default_image=image or configs.PIPELINE_IMAGE),

@@ -9,6 +9,7 @@ passes no arguments), e.g. ``CXR_TFP_RAW_ROOT=demo_out/raw CXR_TFP_OUTPUT_ROOT=t
 ``CXR_TFP_INPUT=tfrecords CXR_TFP_DATA_ROOT=...`` to start from finished TFRecords).
 """
 import os
+import sys
 
 # Run as a script (by the tfx CLI) this folder is searched first; no module in it is named like a
 # package, so `pipeline` resolves to the repo's package (editable install, or PYTHONPATH=repo root).

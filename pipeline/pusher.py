@@ -20,8 +20,10 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from cxr_tfp.model_dir import SAVED_MODEL_FILE
+
 ALREADY_PUSHED_KEY = "already_pushed_version"
-_IDENTITY_FILES = ("saved_model.pb", os.path.join("variables", "variables.index"))
+_IDENTITY_FILES = (SAVED_MODEL_FILE, os.path.join("variables", "variables.index"))
 
 
 def _identity(model_dir: str) -> Optional[tuple]:

@@ -11,7 +11,8 @@ VENV="${VENV:-.venv}"
 REQ=requirements
 STAMP="$VENV/.cxr_tfp_install_stamp"
 
-want=$(cat "$REQ"/constraints.txt "$REQ"/base.txt "$REQ"/nodeps.txt "$REQ"/kfp.txt "$REQ"/dev.txt setup.py \
+want=$(cat "$REQ"/constraints.txt "$REQ"/base.txt "$REQ"/beam.txt "$REQ"/tfx.txt "$REQ"/serving.txt \
+        "$REQ"/nodeps.txt "$REQ"/kfp.txt "$REQ"/dev.txt setup.py \
         | sha256sum | cut -d' ' -f1)
 
 # The checkout's top-level folders pipeline/ and serving/ (TFX runners, the stand-in server) are not
@@ -45,7 +46,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q "pip==25.3"
 
 echo "[install] step 1/3: the resolvable stack, every version pinned by $REQ/constraints.txt (a few minutes the first time)"
-"${PIP[@]}" install -c "$REQ/constraints.txt" -r "$REQ/base.txt" -r "$REQ/kfp.txt" -r "$REQ/dev.txt"
+# The core (base.txt) and every extra (beam, tfx, serving, kfp, dev): the full development stack.
+"${PIP[@]}" install -c "$REQ/constraints.txt" -r "$REQ/base.txt" -r "$REQ/beam.txt" -r "$REQ/tfx.txt" \
+  -r "$REQ/serving.txt" -r "$REQ/kfp.txt" -r "$REQ/dev.txt"
 
 echo "[install] step 2/3: tfx, ml-pipelines-sdk, ml-metadata, TFDV without their unresolvable pins"
 "${PIP[@]}" install --no-deps -r "$REQ/nodeps.txt"

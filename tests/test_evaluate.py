@@ -242,7 +242,7 @@ def test_cli_compares_keras_with_saved_model(real_models, data, tmp_path, capsys
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Smoke-config training on 64 px toy data (~20 s); the stage-1 weights rebuilt as a second model."""
-    train = pytest.importorskip("cxr_tfp.train")
+    from cxr_tfp import train
     from cxr_tfp.config import load_config
     from cxr_tfp.model import build_model
 
@@ -257,6 +257,7 @@ def trained(tmp_path_factory):
     return data, root, train_metrics
 
 
+@pytest.mark.slow  # a 64 px training (the `trained` fixture)
 def test_trained_model_eval_split_matches_training_metrics(trained, tmp_path):
     """Two independent code paths (training's eval and this module) give the same eval-split AUROCs."""
     data, root, tm = trained
@@ -269,6 +270,7 @@ def test_trained_model_eval_split_matches_training_metrics(trained, tmp_path):
         assert first["per_finding"][f]["auroc"] == pytest.approx(tm["stage1"]["auroc"][f], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_trained_cli_stage1_vs_stage2_on_test(trained, tmp_path):
     data, root, _ = trained
     out = tmp_path / "cmp"

@@ -65,3 +65,35 @@ def test_package_version_has_one_home():
     assert re.search(r'^__version__ = "[0-9][^"]*"$', init, re.M)
     for f in ("setup.py", "pipeline/configs.py"):
         assert not re.search(r"\b\d+\.\d+\.\d+\b", (REPO / f).read_text()), f
+
+
+CORE_IMPORTS = {"cxr_tfp", "numpy", "tensorflow", "keras", "keras_cv", "keras_hub", "kagglehub",
+                "tensorflow_probability", "pydicom", "PIL", "yaml", "matplotlib", "pandas", "scipy",
+                "cryptography", "tf_keras"}
+
+
+def test_library_modules_import_only_the_core_at_module_level():
+    """`pip install .` (requirements/base.txt) must import every library module; Beam, TFX, gRPC and
+    TF Serving (the extras) are imported inside the functions that need them."""
+    import sys
+
+    bad = {}
+    for p in LIBRARY:
+        for node in ast.parse(p.read_text()).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for n in names:
+                top = n.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in CORE_IMPORTS:
+                    bad.setdefault(str(p.relative_to(REPO)), []).append(n)
+    assert bad == {}
+
+
+def test_core_requirements_leave_the_extras_out():
+    core = (REPO / "requirements" / "base.txt").read_text()
+    for extra_pkg in ("apache-beam", "tfx", "tensorflow-serving-api", "grpcio", "kubernetes", "docker",
+                      "keras-tuner", "tensorflow-model-analysis"):
+        assert not re.search(rf"^{re.escape(extra_pkg)}\b", core, re.M), extra_pkg
+    setup_py = (REPO / "setup.py").read_text()
+    for extra in ("beam", "tfx", "serving", "kfp", "dev", "all"):
+        assert f'"{extra}":' in setup_py, extra

@@ -257,3 +257,14 @@ def test_patient_bootstrap_of_a_mean_keeps_patients_together():
     assert lo == 0.0 and hi == 1.0                  # two patients: resamples give 0, 0.5 or 1 only
     lo, hi = M.weighted_mean_ci([0.3] * 5, list("abcde"), n_resamples=50)
     assert lo == pytest.approx(0.3) and hi == pytest.approx(0.3)
+
+
+def test_choose_thresholds_is_the_per_finding_rule_with_a_default_where_undefined():
+    labels = np.array([[1, 0], [0, 0], [1, 0], [0, 0]], np.float32)
+    probs = np.array([[0.9, 0.1], [0.2, 0.3], [0.7, 0.2], [0.4, 0.6]], np.float32)
+    mask = np.ones_like(labels)
+    got = M.choose_thresholds(["a", "b"], probs, labels, mask, "youden", default=0.5)
+    assert got == {"a": pytest.approx(0.7), "b": 0.5}          # b has no positive: the default
+    assert M.choose_thresholds(["a", "b"], probs, labels, mask)["b"] is None
+    assert M.choose_thresholds(["a", "b"], probs, labels, mask, "fixed", fixed=0.3) == {"a": 0.3, "b": 0.3}
+    assert M.choose_thresholds(["a"], probs[:0], labels[:0], mask[:0], default=0.5) == {"a": 0.5}

@@ -92,6 +92,7 @@ def kill_after(epochs):
     return KillAfter()
 
 
+@pytest.mark.slow  # two more trainings; test_checkpoint_restores_... covers the restore itself
 def test_resume_continues_without_lost_or_repeated_epochs(data, tmp_path, trained):
     out = str(tmp_path / "run")
     tr, ev = os.path.join(data, "train"), os.path.join(data, "eval")
@@ -222,6 +223,7 @@ DISTRIBUTED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two trainings in a subprocess
 def test_mirrored_strategy_on_two_cpu_devices_matches_single_device(data, tmp_path):
     script = tmp_path / "dist.py"
     script.write_text(DISTRIBUTED.format(repo=REPO))
@@ -252,6 +254,23 @@ def test_cosine_schedule_spans_each_stage_and_constant_is_a_float():
     assert float(s2(0)) == pytest.approx(0.002) and float(s2(4)) == pytest.approx(0.0, abs=1e-9)
     assert float(s2(2)) == pytest.approx(0.001, rel=1e-5)
     assert learning_rate_for(small_cfg(lr_schedule="constant", stage1_lr=0.01), 1, scan) == 0.01
+
+
+def test_stage_datasets_declare_their_batch_count(data):
+    """Keras gets a total for its progress bar (not 1/Unknown); a wrong count fails loudly."""
+    from cxr_tfp.train import scan_split, stage1_dataset, stage2_image_dataset
+
+    cfg = small_cfg(batch_size=5)
+    files = sorted(str(p) for p in __import__("pathlib").Path(data, "train").glob("*"))
+    scan = scan_split(files, cfg.finding_names)
+    ds1 = stage1_dataset(cfg, files, scan["num_examples"])
+    ds2 = stage2_image_dataset(cfg, files, num_examples=scan["annotated"])
+    assert int(ds1.cardinality()) == -(-scan["num_examples"] // 5) == sum(1 for _ in ds1)
+    assert int(ds2.cardinality()) == -(-scan["annotated"] // 5) == sum(1 for _ in ds2)
+    assert int(stage1_dataset(cfg, files).cardinality()) < 0          # unknown without the scan
+    with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
+        for _ in stage1_dataset(cfg, files, scan["num_examples"] + 10):
+            pass
 
 
 DETERMINISTIC = textwrap.dedent("""

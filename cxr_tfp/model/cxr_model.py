@@ -57,21 +57,59 @@ def prediction_noise(num_samples: int, latent_dim: int, seed: int) -> np.ndarray
     return np.random.default_rng(seed + 7919).standard_normal((num_samples, latent_dim)).astype(np.float32)
 
 
+# Constructor argument -> TrainConfig field: TrainConfig is the one source of the defaults.
+CONFIG_FIELDS = {"backbone": "backbone", "image_size": "image_size", "channels": "channels",
+                 "findings": "finding_names", "latent_dim": "latent_dim", "hidden_dim": "hidden_dim",
+                 "num_samples": "num_samples", "seed": "seed", "annotation": "annotation", "beta": "beta",
+                 "train_samples": "train_samples", "prior_kl": "prior_kl", "prior_bce": "stage2_prior_bce",
+                 "posterior_attention": "posterior_attention", "attention_hidden": "attention_hidden",
+                 "precision": "precision", "weights": "weights"}
+
+
+def model_arguments(config=None) -> Dict[str, Any]:
+    """The constructor arguments a :class:`cxr_tfp.config.TrainConfig` gives (defaults: ``TrainConfig()``)."""
+    from cxr_tfp.config import TrainConfig  # local: config imports model.backbones
+
+    config = config if config is not None else TrainConfig()
+    return {arg: getattr(config, field) for arg, field in CONFIG_FIELDS.items()}
+
+
 @keras.saving.register_keras_serializable(package="cxr_tfp")
 class CxrModel(keras.Model):
-    """Multi-label CXR classifier with a latent-variable head (van Sonsbeek et al., WACV 2023)."""
+    """Multi-label CXR classifier with a latent-variable head (van Sonsbeek et al., WACV 2023).
 
-    def __init__(self, backbone: str = "tiny", image_size: int = 64, channels: int = 1,
-                 findings: Sequence[str] | str = "synthetic", latent_dim: int = 16, hidden_dim: int = 64,
-                 num_samples: int = 20, seed: int = 0, annotation: str = "gaze+boxes",
-                 beta: float = 1.0, train_samples: int = 1, prior_kl: float = 0.0,
-                 prior_bce: float = 0.0, posterior_attention: bool = False, attention_hidden: int = 0,
+    Shaped like a keras-hub task: a backbone (``cxr_tfp.model.backbones``) and this task model, which
+    owns the head, its loss (the ELBO of :meth:`compute_losses`, with :meth:`compile`'s settings) and a
+    config that round-trips through :meth:`get_config`. An argument left at ``None`` takes its
+    :class:`~cxr_tfp.config.TrainConfig` default (:data:`CONFIG_FIELDS`); :func:`build_model` passes
+    a whole TrainConfig.
+    """
+
+    def __init__(self, backbone: Optional[str] = None, image_size: Optional[int] = None,
+                 channels: Optional[int] = None, findings: Sequence[str] | str | None = None,
+                 latent_dim: Optional[int] = None, hidden_dim: Optional[int] = None,
+                 num_samples: Optional[int] = None, seed: Optional[int] = None,
+                 annotation: Optional[str] = None, beta: Optional[float] = None,
+                 train_samples: Optional[int] = None, prior_kl: Optional[float] = None,
+                 prior_bce: Optional[float] = None, posterior_attention: Optional[bool] = None,
+                 attention_hidden: Optional[int] = None,
                  pos_weight: Optional[Sequence[float]] = None,
                  thresholds: Optional[Dict[str, float]] = None,
-                 weights: Optional[str] = None, precision: str = "float32",
+                 weights: Optional[str] = None, precision: Optional[str] = None,
                  input_scale: Optional[float] = None, input_offset: Optional[float] = None,
                  weights_source: Optional[Dict[str, Any]] = None, **kwargs):
         super().__init__(**kwargs)
+        given = dict(backbone=backbone, image_size=image_size, channels=channels, findings=findings,
+                     latent_dim=latent_dim, hidden_dim=hidden_dim, num_samples=num_samples, seed=seed,
+                     annotation=annotation, beta=beta, train_samples=train_samples, prior_kl=prior_kl,
+                     prior_bce=prior_bce, posterior_attention=posterior_attention,
+                     attention_hidden=attention_hidden, precision=precision)
+        if any(v is None for v in given.values()):
+            defaults = model_arguments()
+            given = {k: defaults[k] if v is None else v for k, v in given.items()}
+        (backbone, image_size, channels, findings, latent_dim, hidden_dim, num_samples, seed, annotation,
+         beta, train_samples, prior_kl, prior_bce, posterior_attention, attention_hidden,
+         precision) = given.values()
         self.backbone_name = backbone
         self.image_size = int(image_size)
         self.channels = int(channels)
@@ -90,7 +128,7 @@ class CxrModel(keras.Model):
         self.pos_weight = None if pos_weight is None else [float(v) for v in pos_weight]
         self.thresholds = {f: 0.5 for f in self.findings}
         if thresholds:
-            self.thresholds.update({k: float(v) for k, v in thresholds.items()})
+            self.set_thresholds(thresholds)
         self.stage = 1
         self.precision = str(precision)
         self.backbone = build_backbone(backbone, self.image_size, self.channels, self.precision)
@@ -189,7 +227,33 @@ class CxrModel(keras.Model):
             m[i, FINDINGS.index(name)] = 1.0
         return m
 
+    def set_thresholds(self, thresholds: Dict[str, float]) -> None:
+        """Operating thresholds (chosen on eval data after training); unknown findings are refused."""
+        unknown = sorted(set(thresholds) - set(self.findings))
+        if unknown:
+            raise ValueError(f"thresholds for findings the model does not predict: {unknown}")
+        bad = {k: v for k, v in thresholds.items() if not 0.0 <= float(v) <= 1.0}
+        if bad:
+            raise ValueError(f"thresholds must lie in [0, 1], got {bad}")
+        self.thresholds.update({k: float(v) for k, v in thresholds.items()})
+
     # ------------------------------------------------------------------ training
+    def compile(self, optimizer="adam", *, pos_weight: Optional[Sequence[float]] = None, **kwargs):
+        """Keras ``compile`` with the task's own loss (keras-hub shape: the task owns its loss defaults).
+
+        The loss is the model's ELBO (:meth:`compute_losses`; its weights ``beta``, ``prior_kl``,
+        ``prior_bce``, ``train_samples`` come from the constructor, i.e. from TrainConfig), so no
+        ``loss=`` is taken. ``pos_weight`` (per-finding positive weights counted on the training
+        split) is a loss setting known only once the data is scanned: it is given here and saved.
+        """
+        if "loss" in kwargs:
+            raise ValueError("CxrModel computes its own loss (the ELBO); do not pass loss=")
+        if pos_weight is not None:
+            if len(pos_weight) != len(self.findings):
+                raise ValueError(f"pos_weight has {len(pos_weight)} values for {len(self.findings)} findings")
+            self.pos_weight = [float(v) for v in pos_weight]
+        super().compile(optimizer=optimizer, **kwargs)
+
     def set_stage(self, stage: int, freeze: str = "backbone") -> None:
         """Set trainability for ``stage`` (1 or 2) and which layers stage 2 freezes."""
         if stage not in (1, 2):
@@ -360,14 +424,7 @@ def build_model(config) -> CxrModel:
     import keras as _k
 
     _k.utils.set_random_seed(int(config.seed))
-    return CxrModel(backbone=config.backbone, image_size=config.image_size, channels=config.channels,
-                    findings=config.finding_names, latent_dim=config.latent_dim,
-                    hidden_dim=config.hidden_dim, num_samples=config.num_samples, seed=config.seed,
-                    annotation=config.annotation, beta=config.beta, train_samples=config.train_samples,
-                    prior_kl=config.prior_kl, prior_bce=config.stage2_prior_bce,
-                    posterior_attention=config.posterior_attention,
-                    attention_hidden=config.attention_hidden,
-                    weights=config.weights, precision=config.precision, name="cxr_model")
+    return CxrModel(**model_arguments(config), name="cxr_model")
 
 
 def load_model(path: str) -> CxrModel:

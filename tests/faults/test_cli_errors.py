@@ -62,6 +62,8 @@ def test_argparse_errors_keep_exit_2(capsys):
     from cxr_tfp.records.build import main
 
     assert main(["--dataset", "nope"]) == 2
+    assert main(["--help"]) == 0
+    assert "--debug (every command)" in capsys.readouterr().out
 
 
 def test_every_cli_main_is_wrapped():

@@ -214,6 +214,11 @@ def test_kubeflow_v2_spec_has_every_component_and_the_image(tmp_path, monkeypatc
     gen = executors[next(k for k in executors if P.EXAMPLE_GEN in k)]
     assert "pipeline.example_gen.Executor" in json.dumps(gen)
     assert "{SPAN}/*" in text
+    assert "--direct_running_mode=multi_processing" in json.dumps(gen)   # the container's cores
+    # Dataflow flags from the environment replace them in the spec, for every Beam component
+    monkeypatch.setenv("CXR_TFP_BEAM_ARGS", "--runner=DataflowRunner --project=p --region=r")
+    dataflow = open(kubeflow_v2_runner.compile_pipeline(output_dir=str(tmp_path / "df"))).read()
+    assert "--runner=DataflowRunner" in dataflow and "--direct_running_mode" not in dataflow
 
 
 def test_vertex_training_asks_for_workers_and_a_gpu_in_the_spec(tmp_path, monkeypatch):

@@ -62,13 +62,21 @@ def write_raw_span(root, span, seed=0):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def first_run(tmp_path_factory):
+    """The one pipeline run of the default test set."""
     root = tmp_path_factory.mktemp("tfx_e2e")
     write_raw_span(root, 1)
     settings = raw_settings(root, macro_auc_lower_bound=LOWER_BOUND, macro_auc_max_drop=MAX_DROP)
     out = {"settings": settings}
     out["first"] = _run(settings, GOOD)
     out["versions_after_first"] = R.pushed_versions(settings.push_base)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(first_run):
+    """Two more runs over the same store (slow tests only): unchanged, then a worse model."""
+    out, settings = dict(first_run), first_run["settings"]
     out["again"] = _run(settings, GOOD)
     out["versions_after_again"] = R.pushed_versions(settings.push_base)
     out["worse"] = _run(settings, WORSE)
@@ -76,7 +84,8 @@ def runs(tmp_path_factory):
     return out
 
 
-def test_first_run_blesses_and_pushes_a_servable_model(runs):
+def test_first_run_blesses_and_pushes_a_servable_model(first_run):
+    runs = first_run
     s, first = runs["settings"], runs["first"]
     assert set(first.states.values()) == {"COMPLETE"}, first.states
     # the ExampleGen built the three splits from the raw folder, with its accounting beside them
@@ -124,6 +133,7 @@ def test_first_run_blesses_and_pushes_a_servable_model(runs):
     assert R.validation_failures(first.uri(P.EVALUATOR, "evaluation")) == []
 
 
+@pytest.mark.slow  # two more LocalDagRunner runs
 def test_unchanged_rerun_uses_the_tfx_cache(runs):
     first, again = runs["first"], runs["again"]
     for node in (P.EXAMPLE_GEN, P.STATISTICS_GEN, P.SCHEMA_GEN, P.EXAMPLE_VALIDATOR,
@@ -139,6 +149,7 @@ def test_unchanged_rerun_uses_the_tfx_cache(runs):
     assert runs["versions_after_again"] == runs["versions_after_first"]
 
 
+@pytest.mark.slow
 def test_worse_model_is_not_blessed_and_pushes_nothing(runs):
     worse = runs["worse"]
     assert worse.states[P.TRAINER] == "COMPLETE"  # new training options -> a new model
@@ -153,13 +164,13 @@ def test_worse_model_is_not_blessed_and_pushes_nothing(runs):
         failures
 
 
-def test_lineage_leads_from_the_pushed_version_to_the_raw_folder(runs):
+def test_lineage_leads_from_the_pushed_version_to_the_raw_folder(first_run):
     from cxr_tfp.privacy import salt_fingerprint
     from pipeline import lineage as L
     from pipeline.example_gen import tables_checksum
 
-    s, first = runs["settings"], runs["first"]
-    version = runs["versions_after_first"][0]
+    s, first = first_run["settings"], first_run["first"]
+    version = first_run["versions_after_first"][0]
     info = L.lineage(R._store(s.resolved_metadata_path), version)
     assert info["raw_root"] == os.path.join(s.raw_root, "1") and info["span"] == 1
     assert info["dataset"] == "synthetic"
@@ -180,6 +191,7 @@ def test_lineage_leads_from_the_pushed_version_to_the_raw_folder(runs):
         L.lineage(R._store(s.resolved_metadata_path), "123")
 
 
+@pytest.mark.slow  # another LocalDagRunner run
 def test_injected_anomaly_stops_the_run_before_training(tmp_path):
     from pipeline.anomalies_gate import DataAnomaliesError
 

@@ -56,12 +56,12 @@ def test_models_config_parses_with_labels_and_policy():
 
 
 def test_model_name_matches_pipeline_push_name():
-    path = REPO / "pipeline" / "configs.py"
-    if not path.is_file():
-        pytest.skip("pipeline/configs.py not present")
+    from cxr_tfp import model_dir
     from pipeline import configs
 
-    assert configs.SERVING_MODEL_NAME == client.DEFAULT_MODEL
+    assert configs.SERVING_MODEL_NAME == client.DEFAULT_MODEL == model_dir.MODEL_NAME
+    for manifest in ("models.config", "docker-compose.yml", "k8s/deployment.yaml"):
+        assert model_dir.MODEL_NAME in (SERVING / manifest).read_text(), manifest
 
 
 def test_render_models_config_from_pushed_versions(tmp_path):
