@@ -1,5 +1,6 @@
 """Which weights change in each stage; stage 2 on cached features equals recomputing them."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras
@@ -102,6 +103,7 @@ def test_stage2_on_cached_features_equals_recompute():
     assert any(not np.allclose(w.numpy(), s) for w, s in zip(a.head.prior.weights, prior_before))
 
 
+@pytest.mark.slow  # two more stage-2 trainings (~10 s)
 def test_ablations_no_freezing_and_no_annotation():
     x, y = _data()
     model = build_model(_cfg())

@@ -180,6 +180,7 @@ def test_weights_spec_checked_early(tmp_path):
 
 
 # ---------------------------------------------------------------------------- smoke trainings
+@pytest.mark.slow  # a training from converted weights (~11 s); conversion itself is tested above
 def test_smoke_fit_from_torchxrayvision_weights(tmp_path):
     """Default-run smoke training from converted weights (the full train_model run, with export, is
     the slow test below: a DenseNet export alone takes tens of seconds on 2 cores)."""

@@ -243,6 +243,7 @@ def test_redact_sources_hashes_paths(injected, tmp_path):
     assert "images/" not in text and "redacted:" in text
 
 
+@pytest.mark.slow  # starts two Beam worker processes (~14 s); the in-process build is tested above
 def test_cli_multiprocessing_two_workers_and_beam_passthrough(tmp_path):
     """The CLI as a user runs it: 2 DirectRunner worker processes, a Beam option passed through unchanged."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
