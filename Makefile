@@ -4,13 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test test-slow test-all bench clean help
+.PHONY: install demo test test-slow test-all test-tf-serving bench clean help
 
 help:
 	@echo "make install   build .venv (two-step pinned install; idempotent)"
 	@echo "make demo      install, then run the main job end to end on the embedded synthetic dataset"
 	@echo "make test      install if needed, then run the default (fast) test suite"
 	@echo "make test-slow run the tests marked slow"
+	@echo "make test-tf-serving  the serving tests against a real tensorflow_model_server (TENSORFLOW_MODEL_SERVER=/path; fails without one)"
 	@echo "make bench     run the benchmarks in benchmarks/"
 
 install:
@@ -20,13 +21,16 @@ demo: install
 	$(PY) -m pipeline.demo --out $(DEMO_OUT)
 
 test: install
-	$(PY) -m pytest -m "not slow" tests
+	$(PY) -m pytest -m "not slow and not tf_serving" tests
 
 test-slow: install
-	$(PY) -m pytest -m slow tests
+	$(PY) -m pytest -m "slow and not tf_serving" tests
 
 test-all: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest -m "not tf_serving" tests
+
+test-tf-serving: install
+	$(PY) -m pytest -m tf_serving tests
 
 bench: install
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -19,8 +19,8 @@ def _shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Real NIH sample files and DICOMs (skips when the folder is absent)."""
+    """Real NIH sample files and DICOMs (a missing folder fails the run; set CXR_TFP_SHARED_DATA)."""
     path = _shared_data()
     if not path.is_dir():
-        pytest.skip(f"real sample data not found at {path}")
+        pytest.fail(f"real sample data not found at {path} (set CXR_TFP_SHARED_DATA)")
     return path
