@@ -60,12 +60,12 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from cxr_tfp import features
+    from cxr_tfp import features, model_dir
     from cxr_tfp.client import PredictClient
     from cxr_tfp.config import load_config
     from cxr_tfp.export import export_saved_model
     from cxr_tfp.model import build_model
-    from serving.standin import start_server
+    from serving.standin import run_program
 
     overrides = {"image_size": a.image_size}
     if a.backbone:
@@ -80,8 +80,10 @@ def main(argv=None) -> int:
         export_saved_model(build_model(cfg), os.path.join(base, "1"), model_name="cxr_tfp")
         print(f"built + exported in {time.perf_counter() - t0:.1f}s", flush=True)
         fn = tf.saved_model.load(os.path.join(base, "1")).signatures[model_dir.IMAGE_SIGNATURE]
-        srv = start_server(base, "cxr_tfp")  # replays the warm-up file, like TF Serving
-        client = PredictClient(srv.address, timeout_s=120.0)
+        # Its own program, as an operator runs it; it replays the warm-up file, like TF Serving.
+        server = run_program(base, "cxr_tfp")
+        address, _pid = server.__enter__()
+        client = PredictClient(address, timeout_s=120.0)
         try:
             src = a.source_size or a.image_size
             one = [_png(src)]
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
                 print(f"  round {r + 1}/{a.rounds} done", flush=True)
         finally:
             client.close()
-            srv.stop()
+            server.__exit__(None, None, None)
 
     rows = {}
     for k in lat:

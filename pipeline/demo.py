@@ -121,21 +121,15 @@ def _sample_test_image(tfrecords: str, out_dir: str, findings) -> tuple:
 
 
 def _predict(push_base: str, model_name: str, files: List[str]) -> tuple:
-    """Predict through the gRPC stand-in + real client; in-process fallback if it is missing."""
+    """Predict through the gRPC stand-in, started as its own program, and the real client."""
     from cxr_tfp import client
+    from serving.standin import run_program
 
-    try:
-        from serving.standin import start_server
-    except ImportError as exc:  # pragma: no cover - only when the stand-in is absent
-        print(f"    (gRPC stand-in unavailable: {exc}; predicting in-process with "
-              f"predict_files_local instead)")
-        return client.predict_files_local(push_base, files), "in-process (predict_files_local)"
-    with start_server(push_base, model_name=model_name) as server:
-        print(f"    stand-in TF Serving PredictionService for {model_name!r} on {server.address} "
-              f"(model base path {push_base})", flush=True)
-        results = client.predict_files(server.address, files, model=model_name,
-                                       model_dir=push_base)
-        return results, f"gRPC Predict via cxr_tfp.client -> {server.address}"
+    with run_program(push_base, model_name=model_name) as (address, _pid):
+        print(f"    stand-in TF Serving PredictionService for {model_name!r} on {address} "
+              f"(python -m serving.standin, model base path {push_base})", flush=True)
+        results = client.predict_files(address, files, model=model_name, model_dir=push_base)
+        return results, f"gRPC Predict via cxr_tfp.client -> {address}"
 
 
 def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAULT_IMAGE_SIZE,

@@ -30,6 +30,7 @@ one by hand from the repository root (e.g. for ``python -m cxr_tfp.client``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -37,7 +38,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -321,6 +322,63 @@ def start_server(model_base_path: str, model_name: str = MODEL_NAME, port: Optio
     return StandinServer(server, address, servicer)
 
 
+READY_PREFIX = "DEVELOPMENT STAND-IN for TF Serving:"
+
+
+@contextlib.contextmanager
+def run_program(model_base_path: str, model_name: str = MODEL_NAME, port: Optional[int] = None,
+                timeout_s: float = 600.0, extra_args: Sequence[str] = ()) -> Iterator[Tuple[str, int]]:
+    """Start the stand-in as its own program (``python -m serving.standin``), as an operator would.
+
+    Yields ``(address, pid)`` once the server printed its ready line (model loaded, warm-up
+    replayed); stops it on exit. A server that exits first raises RuntimeError with its last line.
+    """
+    import select
+    import subprocess
+    import sys
+    import tempfile
+
+    if port is None:
+        import portpicker
+
+        port = portpicker.pick_unused_port()
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (repo, env.get("PYTHONPATH")) if x)
+    cmd = [sys.executable, "-m", "serving.standin", "--model_base_path", str(model_base_path),
+           "--model_name", model_name, "--port", str(port), *extra_args]
+    # stderr to a file, not a pipe: a pipe nobody drains would stall a server that logs a lot.
+    errors = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"the stand-in server did not become ready in {timeout_s:.0f} s")
+            ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+            if ready:
+                line = proc.stdout.readline()
+                if line.startswith(READY_PREFIX):
+                    break
+                if line:
+                    continue
+            if proc.poll() is not None:
+                errors.seek(0)
+                err = errors.read().strip().splitlines()
+                raise RuntimeError("the stand-in server exited before it was ready: "
+                                   + (err[-1] if err else f"exit code {proc.returncode}"))
+        yield f"127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        errors.close()
+
+
 @cli_main
 def main(argv: Optional[List[str]] = None) -> int:
     """CLI: serve a model base path until interrupted (flags named as tensorflow_model_server's)."""
@@ -333,7 +391,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     srv = start_server(a.model_base_path, a.model_name, a.port, a.host, warmup=not a.no_warmup)
-    print(f"DEVELOPMENT STAND-IN for TF Serving: model {a.model_name!r} on {srv.address} "
+    print(f"{READY_PREFIX} model {a.model_name!r} on {srv.address} "
           f"(Ctrl-C to stop)", flush=True)
     try:
         while True:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io as _io
 import os
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 

@@ -70,3 +70,20 @@ def test_metadata_rejects_unknown_field_and_counts_requests(tiny_base, images):
         assert srv.servicer.requests_served == 2
         assert set(client.get_signature_defs(stub, MODEL_NAME)) == {
             model_dir.SERVING_SIGNATURE, model_dir.IMAGE_SIGNATURE}
+
+
+@pytest.mark.slow
+def test_started_as_a_program_answers_like_in_process(tiny_base, images, tmp_path):
+    """The demo and the serving benchmark start the stand-in as its own program (run_program)."""
+    from serving.standin import run_program
+
+    with start_server(tiny_base, MODEL_NAME) as srv:
+        (inproc,) = client.predict_files(srv.address, [images["white"]])
+    with run_program(tiny_base, MODEL_NAME) as (address, pid):
+        assert pid > 0
+        (prog,) = client.predict_files(address, [images["white"]])
+    probs = [[f["probability"] for f in r["findings"]] for r in (inproc, prog)]
+    assert len(probs[0]) > 0 and probs[1] == pytest.approx(probs[0], abs=1e-6)
+    with pytest.raises(RuntimeError, match="exited before it was ready"):
+        with run_program(str(tmp_path / "nothing_here"), MODEL_NAME, timeout_s=120):
+            pass
