@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
+# The default run spreads test files over two processes (pytest-xdist); XDIST= runs them in one.
+XDIST ?= -n 2 --dist loadfile
 
 .PHONY: install demo test test-slow test-all test-tf-serving bench clean help
 
@@ -21,7 +23,7 @@ demo: install
 	$(PY) -m pipeline.demo --out $(DEMO_OUT)
 
 test: install
-	$(PY) -m pytest -m "not slow and not tf_serving" tests
+	$(PY) -m pytest $(XDIST) -m "not slow and not tf_serving" tests
 
 test-slow: install
 	$(PY) -m pytest -m "slow and not tf_serving" tests
