@@ -133,20 +133,27 @@ def test_a_failed_export_leaves_the_previous_savedmodel_intact(tmp_path, monkeyp
         export_saved_model(model, str(d))
 
 
-@pytest.mark.slow
-def test_kill_9_during_training_resumes_and_finishes(data, tmp_path):
+def _train_process(data, out, stage1_epochs: int, stage2_epochs: int):
+    """(command, cwd, env) of a tiny ``python -m cxr_tfp.train`` run in its own process."""
     import os
-    import signal
-    import subprocess
     import sys
-    import time
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    out = tmp_path / "run"
     cmd = [sys.executable, "-m", "cxr_tfp.train", "--data", str(data), "--out", str(out), "--backbone", "tiny",
-           "--image-size", "32", "--stage1-epochs", "60", "--stage2-epochs", "1", "--batch-size", "8"]
-    env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="3")
+           "--image-size", "32", "--stage1-epochs", str(stage1_epochs), "--stage2-epochs", str(stage2_epochs),
+           "--batch-size", "8"]
+    return cmd, repo, dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="3")
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_resumes_and_finishes(data, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    cmd, repo, env = _train_process(data, out, stage1_epochs=60, stage2_epochs=1)
     p = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 300 and p.poll() is None:
@@ -173,18 +180,12 @@ def test_kill_9_during_training_resumes_and_finishes(data, tmp_path):
 def test_kill_9_during_the_final_export_keeps_the_finished_model(data, tmp_path):
     """A finished run's model.keras and SavedModel survive a kill -9 of a re-run while it re-exports."""
     import hashlib
-    import os
     import signal
     import subprocess
-    import sys
     import time
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cxr_tfp.train", "--data", str(data), "--out", str(out), "--backbone", "tiny",
-           "--image-size", "32", "--stage1-epochs", "1", "--stage2-epochs", "0", "--batch-size", "8"]
-    env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="3")
+    cmd, repo, env = _train_process(data, out, stage1_epochs=1, stage2_epochs=0)
     first = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
 
