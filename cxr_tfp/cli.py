@@ -13,15 +13,31 @@ the pipeline runners) is wrapped by :func:`cli_main`:
 
 Each failure prints exactly one line, ``error: <message>``, on stderr. A Python traceback is printed
 only with ``--debug`` on the command line (removed before the command parses its arguments) or with
-the environment variable ``CXR_TFP_DEBUG=1``.
+the environment variable ``CXR_TFP_DEBUG=1``. A bad argument is one line too, ``error: <what argparse
+says> (see --help)``, with no usage dump (:func:`run` turns ``ArgumentParser.error`` into a
+:class:`UsageError`).
+
+TensorFlow's start-up noise (CUDA probing on a machine without a GPU, the CPU instruction-set notice,
+absl's "log messages before InitializeLog" line) is hidden for every command at default verbosity and
+shown with ``--debug``: :func:`quiet_tensorflow` runs from ``cxr_tfp/__init__.py`` when the process
+is one of the project's entry points, before anything imports TensorFlow. It sets
+``TF_CPP_MIN_LOG_LEVEL=2`` (unless the caller set it) and, because XLA's CUDA probe logs through absl
+without honouring that variable, drops the known start-up lines written to stderr while TensorFlow
+is imported and its devices are listed. Every other line of that window is written back unchanged.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import errno
 import functools
+import importlib.abc
+import importlib.util
 import os
+import re
 import sys
-from typing import Callable, List, Optional, Sequence
+import tempfile
+from typing import Callable, Iterator, List, Optional, Sequence
 
 DEBUG_ENV = "CXR_TFP_DEBUG"
 DEBUG_FLAG = "--debug"
@@ -98,13 +114,125 @@ def report(exc: BaseException, stream=None) -> int:
     return code
 
 
+# ---------------------------------------------------------------------------- one-line usage errors
+def _argparse_error(self: argparse.ArgumentParser, message: str):
+    raise UsageError(f"{message} (see --help)")
+
+
+@contextlib.contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    """While active, every ``ArgumentParser.error`` (bad choice, missing argument...) raises a
+    :class:`UsageError` instead of printing the usage block and exiting."""
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _argparse_error  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------ TensorFlow start-up noise
+# Lines TensorFlow, XLA and absl write at import / device discovery on a machine without a GPU or with
+# a generic CPU build. They say nothing about the run; --debug shows them.
+TF_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|cudart_stub\.cc|cuda_platform\.cc|cuda_driver\.cc|"
+    r"failed call to cuInit|cuda_executor\.cc|cpu_feature_guard\.cc|To enable the following instructions|"
+    r"rebuild TensorFlow with the appropriate compiler flags|oneDNN custom operations are on|"
+    r"Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc|TF-TRT Warning|"
+    r"Could not find cuda drivers|cuda_dnn\.cc|cuda_fft\.cc|cuda_blas\.cc")
+QUIET_PACKAGES = ("cxr_tfp", "serving", "pipeline", "benchmarks", "scripts")
+
+
+def entry_point(orig_argv: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The project entry point this process runs (``cxr_tfp.evaluate``, ``pipeline/local_runner.py``),
+    or None when it is something else (a notebook, pytest, another program importing the library)."""
+    argv = list(getattr(sys, "orig_argv", sys.argv) if orig_argv is None else orig_argv)
+    for i, a in enumerate(argv[1:], 1):
+        if a == "-m" and i + 1 < len(argv):
+            target = argv[i + 1]
+            return target if target.split(".")[0] in QUIET_PACKAGES else None
+        if a.startswith("-m") and len(a) > 2:
+            return a[2:] if a[2:].split(".")[0] in QUIET_PACKAGES else None
+        if not a.startswith("-"):   # a script: quiet when it lives in one of the project's folders
+            parts = os.path.normpath(os.path.abspath(a)).split(os.sep)
+            return a if len(parts) > 1 and parts[-2] in QUIET_PACKAGES else None
+    return None
+
+
+@contextlib.contextmanager
+def filtered_stderr(pattern: "re.Pattern[str]" = TF_NOISE) -> Iterator[None]:
+    """Collect what is written to file descriptor 2 (C++ logs included) and write it back afterwards,
+    without the lines matching ``pattern``."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real stderr: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not pattern.search(ln)]
+            if kept:
+                os.write(2, "".join(kept).encode("utf-8"))
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Wraps the first ``import tensorflow`` (and its device discovery) in :func:`filtered_stderr`."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec(module):
+            with filtered_stderr():
+                exec_module(module)
+                try:  # CUDA is probed on first use; do it now, inside the filter
+                    module.config.list_physical_devices()
+                except Exception:  # noqa: BLE001  (a broken driver shows up later, unfiltered)
+                    pass
+
+        spec.loader.exec_module = quiet_exec  # type: ignore[method-assign]
+        return spec
+
+
+def quiet_tensorflow(argv: Optional[Sequence[str]] = None) -> bool:
+    """Hide TensorFlow's start-up noise unless ``--debug`` / ``CXR_TFP_DEBUG`` (see module docstring).
+
+    Must run before TensorFlow is imported; returns True when the noise will be hidden.
+    """
+    if debug_enabled(sys.argv if argv is None else argv) or "tensorflow" in sys.modules:
+        return False
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+    return True
+
+
 def run(main: Callable[[Optional[List[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
     """Call ``main(argv)`` under the error contract (see module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = debug_enabled(args)
     args = [a for a in args if a != DEBUG_FLAG]
     try:
-        rc = main(args)
+        with one_line_usage_errors():
+            rc = main(args)
     except SystemExit as exc:  # argparse errors (exit 2) and explicit exits keep their code
         if isinstance(exc.code, str):
             print(f"error: {exc.code}", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from cxr_tfp.cli import UsageError, cli_main
 from cxr_tfp.model_dir import MODEL_NAME, pushed_versions
 
 TEMPLATE = """\
@@ -45,7 +46,7 @@ def render(base_path: str, model_name: str = MODEL_NAME, container_base_path: Op
     """The models.config text for the versions under ``base_path``."""
     versions = pushed_versions(base_path)
     if not versions and (stable is None or canary is None):
-        raise SystemExit(f"no pushed versions under {base_path!r}: push a model first, or give "
+        raise UsageError(f"no pushed versions under {base_path!r}: push a model first, or give "
                          f"--stable and --canary")
     canary = canary if canary is not None else versions[-1]
     stable = stable if stable is not None else (versions[-2] if len(versions) > 1 else versions[-1])
@@ -54,6 +55,7 @@ def render(base_path: str, model_name: str = MODEL_NAME, container_base_path: Op
                            stable=stable, canary=canary)
 
 
+@cli_main
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     p.add_argument("--base_path", required=True, help="host folder <serving_root>/<model_name>")
