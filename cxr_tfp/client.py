@@ -16,8 +16,16 @@ Programmatic use (the TFX demo)::
     print(format_table(results))
     results = predict_files_local("/path/to/saved_model", ["a.png"])   # no server, same shape
 
-Each result is ``{"file", "model", "version", "signature", "findings": [{"finding", "probability",
-"uncertainty", "threshold", "above_threshold"}, ...]}``.
+Each result is ``{"file", "model", "version", "signature", "threshold_source", "findings":
+[{"finding", "probability", "uncertainty", "threshold", "above_threshold", "decision",
+"threshold_from", "threshold_positives"}, ...]}``.
+
+``decision`` is ``above`` / ``below`` / ``uncertain`` (:func:`cxr_tfp.metrics.decide`): a call is
+uncertain when its margin ``|probability - threshold|`` is smaller than the finding's uncertainty
+(the standard deviation of the probability over latent samples); ``above_threshold`` keeps the raw
+comparison. ``threshold_from`` says how the threshold was set: ``chosen`` (from ``threshold_positives``
+positives of the split it was chosen on), ``fallback`` (that split had no positives, or no negatives:
+a default of 0.5 stands in; the table marks it FALLBACK), ``fixed`` or ``unknown`` (an older export).
 
 Finding names and operating thresholds come, in order of preference, from the image signature's
 string / float outputs ``LABEL_NAMES_OUTPUT`` / ``THRESHOLDS_OUTPUT`` (the export writes them; TF
@@ -39,6 +47,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from cxr_tfp import features
+from cxr_tfp import metrics as M
 from cxr_tfp import model_dir as MD
 from cxr_tfp.cli import cli_main
 
@@ -192,7 +201,8 @@ def _name_findings(outputs: Mapping[str, np.ndarray], n: int, labels: Optional[S
 def build_results(files: Sequence[str], outputs: Mapping[str, np.ndarray], model: str,
                   version: Optional[int], signature: str,
                   labels: Optional[Sequence[str]] = None,
-                  thresholds: Optional[Mapping[str, float]] = None) -> List[dict]:
+                  thresholds: Optional[Mapping[str, float]] = None,
+                  provenance: Optional[Mapping[str, Mapping[str, object]]] = None) -> List[dict]:
     """Turn Predict outputs (``PROBABILITIES``/``UNCERTAINTY`` [B, L]) into per-file result dicts."""
     if MD.PROBABILITIES not in outputs:
         raise ServingError(f"the response has no {MD.PROBABILITIES!r} output (got "
@@ -203,6 +213,8 @@ def build_results(files: Sequence[str], outputs: Mapping[str, np.ndarray], model
         raise ServingError(f"unexpected output shapes: probabilities {prob.shape}, uncertainty "
                            f"{unc.shape} for {len(files)} files", "INTERNAL")
     names, thr, source = _name_findings(outputs, prob.shape[1], labels, thresholds)
+    how, positives = _threshold_provenance(outputs, names, source, provenance)
+    decision = M.decide(prob, unc, np.asarray(thr, np.float64)[None, :])
     results = []
     for i, f in enumerate(files):
         results.append({
@@ -210,10 +222,33 @@ def build_results(files: Sequence[str], outputs: Mapping[str, np.ndarray], model
             "threshold_source": source,
             "findings": [{"finding": names[j], "probability": float(prob[i, j]),
                           "uncertainty": float(unc[i, j]), "threshold": thr[j],
-                          "above_threshold": bool(prob[i, j] >= thr[j])}
+                          "above_threshold": bool(prob[i, j] >= thr[j]),
+                          "decision": str(decision[i, j]), "threshold_from": how[j],
+                          "threshold_positives": positives[j]}
                          for j in range(prob.shape[1])],
         })
     return results
+
+
+def _threshold_provenance(outputs: Mapping[str, np.ndarray], names: Sequence[str], source: str,
+                          provenance: Optional[Mapping[str, Mapping[str, object]]]
+                          ) -> Tuple[List[str], List[Optional[int]]]:
+    """(how each threshold was set, positives it was chosen from) per finding: from the signature's
+    outputs, else from a thresholds.json's provenance, else ``fallback`` for the client's own 0.5."""
+    n = len(names)
+    if source == "default":
+        return [M.SOURCE_FALLBACK] * n, [None] * n
+    if MD.THRESHOLD_SOURCES in outputs:
+        arr = np.asarray(outputs[MD.THRESHOLD_SOURCES])
+        how = _to_str_list(arr[0] if arr.ndim == 2 else arr)
+        pos = np.asarray(outputs.get(MD.THRESHOLD_POSITIVES, np.full((n,), -1)))
+        pos = pos[0] if pos.ndim == 2 else pos
+        if len(how) == n and pos.shape == (n,):
+            return how, [int(x) if int(x) >= 0 else None for x in pos]
+    prov = provenance or {}
+    how = [str((prov.get(name) or {}).get("source", M.SOURCE_UNKNOWN)) for name in names]
+    pos = [(prov.get(name) or {}).get("positives") for name in names]
+    return how, [int(x) if isinstance(x, (int, float)) and x >= 0 else None for x in pos]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,6 +412,9 @@ def predict_files(server: str, files: List[str], model: str = DEFAULT_MODEL,
     """
     if not files:
         raise ServingError("no files given", "INVALID_ARGUMENT")
+    provenance = None
+    if model_dir is not None and thresholds is None:
+        provenance = MD.read_threshold_provenance(_resolve_saved_model_dir(model_dir))
     labels, thresholds = _assets_for(model_dir, labels, thresholds)
     # ``encoded``: the files already encoded by the caller (the CLI checks each file once)
     encoded = list(encoded) if encoded is not None else _encode_all(files, image_size)
@@ -386,7 +424,7 @@ def predict_files(server: str, files: List[str], model: str = DEFAULT_MODEL,
         for i in range(0, len(files), batch_size):
             out = client.predict_encoded(encoded[i:i + batch_size])
             results += build_results(files[i:i + batch_size], out, model, client.last_version,
-                                     signature, labels, thresholds)
+                                     signature, labels, thresholds, provenance)
     return results
 
 
@@ -412,6 +450,7 @@ def predict_files_local(saved_model_dir: str, files: List[str],
 
     path = _resolve_saved_model_dir(saved_model_dir)
     labels, thresholds = read_model_assets(path)
+    provenance = MD.read_threshold_provenance(path)
     loaded = loaded if loaded is not None else tf.saved_model.load(path)
     if signature not in loaded.signatures:
         raise ServingError(f"SavedModel {path} has no signature {signature!r}; available: "
@@ -429,7 +468,7 @@ def predict_files_local(saved_model_dir: str, files: List[str],
             out = fn(**{MD.EXAMPLES_INPUT: tf.constant([image_example(b) for b in chunk])})
         results += build_results(files[i:i + batch_size], {k: v.numpy() for k, v in out.items()},
                                  Path(path).parent.name if version is not None else Path(path).name,
-                                 version, signature, labels, thresholds)
+                                 version, signature, labels, thresholds, provenance)
     return results
 
 
@@ -445,17 +484,38 @@ def format_table(results: Sequence[dict]) -> str:
         head += f", signature {r['signature']})"
         lines.append(head)
         width = max([len("finding")] + [len(f["finding"]) for f in r["findings"]])
-        lines.append(f"  {'finding':<{width}}  {'prob':>6}  {'uncert':>6}  {'thresh':>6}  call")
-        lines.append("  " + "-" * (width + 34))
+        lines.append(f"  {'finding':<{width}}  {'prob':>6}  {'uncert':>6}  {'thresh':>6}  {'call':<9}  "
+                     f"threshold set by")
+        lines.append("  " + "-" * (width + 62))
+        marks = set()
         for f in sorted(r["findings"], key=lambda f: -f["probability"]):
-            call = "ABOVE" if f["above_threshold"] else "below"
+            decision = f.get("decision") or ("above" if f["above_threshold"] else "below")
+            call = {"above": "ABOVE", "below": "below", "uncertain": "uncertain"}.get(decision, decision)
+            how = f.get("threshold_from", M.SOURCE_UNKNOWN)
+            marks.add(how)
+            marks.add(decision)
             lines.append(f"  {f['finding']:<{width}}  {f['probability']:6.3f}  "
-                         f"{f['uncertainty']:6.3f}  {f['threshold']:6.3f}  {call}")
+                         f"{f['uncertainty']:6.3f}  {f['threshold']:6.3f}  {call:<9}  "
+                         f"{_threshold_phrase(how, f.get('threshold_positives'))}")
         if r.get("threshold_source") == "default":
             lines.append(f"  (no operating thresholds known: {FALLBACK_THRESHOLD} used; pass "
                          f"--model-dir or --thresholds)")
+        if "uncertain" in marks:
+            lines.append("  uncertain: |prob - thresh| < uncert (the model's own spread), so no call is "
+                         "made; --json keeps the raw numbers")
+        if M.SOURCE_FALLBACK in marks:
+            lines.append("  FALLBACK: the split the thresholds were chosen on had no positives (or no "
+                         "negatives) for that finding; 0.5 stands in")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _threshold_phrase(how: str, positives: Optional[int]) -> str:
+    if how == M.SOURCE_CHOSEN:
+        return f"chosen on {positives} positive(s)" if positives is not None else "chosen"
+    if how == M.SOURCE_FALLBACK:
+        return "FALLBACK (no positives)" if not positives else "FALLBACK (no negatives)"
+    return how
 
 
 @cli_main
@@ -477,7 +537,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--model-dir", default=None,
                    help="local copy of the SavedModel (or base path): finding names + thresholds")
     p.add_argument("--labels", default=None, help="labels.txt: one finding per line")
-    p.add_argument("--thresholds", default=None, help="thresholds.json: {finding: threshold}")
+    p.add_argument("--thresholds", default=None, help="thresholds.json (as export/evaluate write it, or {finding: threshold})")
     p.add_argument("--local", default=None, metavar="SAVED_MODEL",
                    help="run the SavedModel in process instead of calling a server")
     p.add_argument("--image-size", type=int, default=None,
@@ -552,6 +612,8 @@ def _read_thresholds_file(path: str) -> Dict[str, float]:
         raise UsageError(f"--thresholds {path}: expected a JSON object {{finding: threshold}}")
     out = {}
     for k, v in obj.items():
+        if isinstance(v, dict):   # thresholds.json as export / evaluate write it
+            v = v.get("threshold")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
             raise UsageError(f"--thresholds {path}: {k!r} must be a number in [0, 1], got {v!r}")
         out[str(k)] = float(v)

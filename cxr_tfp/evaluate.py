@@ -322,6 +322,34 @@ def thresholds_from(pred: Optional[Predictions], findings: Sequence[str], opts: 
                                opts.threshold_method, opts.target_sensitivity, opts.fixed_threshold)
 
 
+def threshold_provenance_from(pred: Optional[Predictions], findings: Sequence[str], thresholds: Dict[str, object],
+                              method: str, split: Optional[str]) -> Dict[str, Dict[str, object]]:
+    """How each threshold of :func:`thresholds_from` was set (:func:`cxr_tfp.metrics.threshold_provenance`)."""
+    if pred is None:
+        return M.threshold_provenance(findings, thresholds, np.zeros((0, len(findings))), None, "fixed", None)
+    cols = [pred.findings.index(f) for f in findings]
+    return M.threshold_provenance(findings, thresholds, pred.labels[:, cols], pred.mask[:, cols], method, split)
+
+
+def add_decision_doubt(metrics: Dict[str, object], pred: Predictions, thresholds: Dict[str, object],
+                       provenance: Dict[str, Dict[str, object]]) -> None:
+    """Per finding: how its threshold was set, how many calls on the split are "uncertain"
+    (``|p - threshold| < uncertainty``, :func:`cxr_tfp.metrics.decide`), and whether the AUROC
+    interval rests on enough positives (``MIN_POSITIVES``) to be read as an interval."""
+    for j, f in enumerate(pred.findings):
+        pf = metrics["per_finding"][f]
+        prov = provenance.get(f, {})
+        pf["threshold_from"] = prov.get("source")
+        pf["threshold_positives"] = prov.get("positives")
+        known = pred.mask[:, j] > 0.5
+        t = thresholds.get(f)
+        pf["uncertain_calls"] = (None if t is None else
+                                 int(np.sum(M.decide(pred.probs[known, j], pred.uncertainty[known, j], t)
+                                            == M.UNCERTAIN)))
+        pf["auroc_ci_reliable"] = bool(pf["positives"] >= MIN_POSITIVES and pf["auroc_ci_low"] is not None)
+    metrics["threshold_provenance"] = provenance
+
+
 def compute_metrics(pred: Predictions, thresholds: Dict[str, object], opts: EvalOptions) -> Dict[str, object]:
     """All metrics of one model on one split as a JSON-safe dict (undefined values are ``None``)."""
     ci = M.auroc_with_ci(pred.labels, pred.probs, pred.mask, pred.patient_keys, opts.n_resamples,
@@ -355,7 +383,9 @@ def compute_metrics(pred: Predictions, thresholds: Dict[str, object], opts: Eval
     else:
         summ = agreement_summary(pred.agreement, opts.top_k, opts.n_resamples, opts.seed, opts.alpha)
         sal = {"available": True, "reason": None, "method": METHOD_NAMES.get(summ["methods"][0], summ["methods"][0]),
-               "method_names": {m: METHOD_NAMES.get(m, m) for m in summ["methods"]}, **summ}
+               "method_names": {m: METHOD_NAMES.get(m, m) for m in summ["methods"]}, **summ,
+               "examples": {"annotated": int(sum(e.annotated for e in pred.examples)),
+                            "unannotated": int(sum(not e.annotated for e in pred.examples))}}
     low = [f for f in pred.findings if 0 < per[f]["positives"] < MIN_POSITIVES]
     return M.sanitize({
         "findings": list(pred.findings),
@@ -425,6 +455,8 @@ def evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str
         thresholds = thresholds_from(th_pred, ad.findings,
                                      dataclasses.replace(opts, threshold_method=method))
         m = compute_metrics(pred, thresholds, opts)
+        add_decision_doubt(m, pred, thresholds, threshold_provenance_from(
+            th_pred, ad.findings, thresholds, method, threshold_split if th_files else None))
         m.update({"name": ad.name, "path": ad.path, "kind": ad.kind})
         models_out.append(m)
         preds.append(pred)
@@ -459,7 +491,8 @@ def evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str
     write_report(result, out_dir / "report.md")
     # Thresholds in the export contract's shape, so a chosen operating point can ship with a model.
     with open(out_dir / MD.THRESHOLDS_ASSET, "w") as fh:
-        json.dump({f: v["threshold"] for f, v in models_out[0]["per_finding"].items()}, fh, indent=2)
+        json.dump(MD.thresholds_document({f: v["threshold"] for f, v in models_out[0]["per_finding"].items()},
+                                         models_out[0].get("threshold_provenance")), fh, indent=2)
     return result
 
 

@@ -27,7 +27,8 @@ from cxr_tfp.model_dir import WARMUP_FILE, WEIGHTS_ASSET
 
 
 def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
-                  thresholds: Dict[str, float], weights_path: str):
+                  thresholds: Dict[str, float], weights_path: str,
+                  provenance: Optional[Dict[str, Dict[str, object]]] = None):
     import tensorflow as tf
 
     from cxr_tfp.preprocess import decode_image_tensor
@@ -36,6 +37,9 @@ def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
     scatter = tf.constant(model.full_scatter)
     names = tf.constant(list(model.findings), tf.string)
     thr = tf.constant([thresholds[f] for f in model.findings], tf.float32)
+    prov = provenance or {}
+    sources = tf.constant([str((prov.get(f) or {}).get("source", "unknown")) for f in model.findings], tf.string)
+    positives = tf.constant([int((prov.get(f) or {}).get("positives", -1)) for f in model.findings], tf.int32)
 
     class ServingModule(tf.Module):
         def __init__(self):
@@ -70,7 +74,9 @@ def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
             rows = tf.shape(mean)[:1]
             return {MD.PROBABILITIES: mean, MD.UNCERTAINTY: std,
                     MD.LABEL_NAMES: tf.tile(names[None], tf.concat([rows, [1]], 0)),
-                    MD.THRESHOLDS: tf.tile(thr[None], tf.concat([rows, [1]], 0))}
+                    MD.THRESHOLDS: tf.tile(thr[None], tf.concat([rows, [1]], 0)),
+                    MD.THRESHOLD_SOURCES: tf.tile(sources[None], tf.concat([rows, [1]], 0)),
+                    MD.THRESHOLD_POSITIVES: tf.tile(positives[None], tf.concat([rows, [1]], 0))}
 
     return ServingModule()
 
@@ -150,6 +156,7 @@ def with_serving_precision(model, precision: str = "float32"):
     clone = type(model).from_config(cfg)
     clone.set_weights(model.get_weights())
     clone.thresholds = dict(model.thresholds)
+    clone.threshold_provenance = dict(getattr(model, "threshold_provenance", {}) or {})
     return clone
 
 
@@ -193,15 +200,18 @@ def _export(model, export_dir: str, num_samples: Optional[int], thresholds: Opti
     if thresholds:
         thr.update(thresholds)
     thr = {f: float(thr.get(f, 0.5)) for f in model.findings}
+    # Thresholds passed in by the caller replace the model's, and with them its record of how they were set.
+    prov = {f: v for f, v in (getattr(model, "threshold_provenance", {}) or {}).items()
+            if not thresholds or f not in thresholds}
     with tempfile.TemporaryDirectory() as tmp:
         label_path = os.path.join(tmp, MD.LABELS_ASSET)
         threshold_path = os.path.join(tmp, MD.THRESHOLDS_ASSET)
         MD.write_labels(label_path, model.findings)
-        MD.write_thresholds(threshold_path, thr)
+        MD.write_thresholds(threshold_path, thr, prov)
         weights_path = os.path.join(tmp, WEIGHTS_ASSET)
         with open(weights_path, "w") as fh:
             json.dump(getattr(model, "weights_source", None), fh, indent=2)
-        module = _build_module(model, s, label_path, threshold_path, thr, weights_path)
+        module = _build_module(model, s, label_path, threshold_path, thr, weights_path, prov)
         signatures = {
             MD.SERVING_SIGNATURE: _rename_inputs(module.serve_examples, MD.EXAMPLES_INPUT),
             MD.IMAGE_SIGNATURE: _rename_inputs(module.serve_images, MD.IMAGES_INPUT),

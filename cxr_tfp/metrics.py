@@ -220,6 +220,74 @@ def choose_thresholds(findings: Sequence[str], probs, labels, mask=None, method:
     return out
 
 
+# Threshold provenance: how each finding's operating threshold was set (thresholds.json, the export's
+# signature, the client table, the predictor and the report all show it).
+SOURCE_CHOSEN = "chosen"      # by the rule (Youden / target sensitivity) on n positives of a split
+SOURCE_FALLBACK = "fallback"  # the rule was undefined there (no positives, or no negatives): a default
+SOURCE_FIXED = "fixed"        # a fixed probability by request (--threshold-method fixed)
+SOURCE_UNKNOWN = "unknown"    # a model saved before provenance was recorded, or never thresholded
+THRESHOLD_SOURCES = (SOURCE_CHOSEN, SOURCE_FALLBACK, SOURCE_FIXED, SOURCE_UNKNOWN)
+
+
+def threshold_provenance(findings: Sequence[str], thresholds: Dict[str, Optional[float]], labels, mask=None,
+                         method: str = "youden", split: Optional[str] = None) -> Dict[str, Dict[str, object]]:
+    """Per finding ``{"source", "method", "split", "positives", "negatives"}`` for thresholds that
+    :func:`choose_thresholds` returned on ``labels`` (``[N, L]``, columns in ``findings`` order).
+
+    ``source`` is ``fixed`` for the fixed method, ``chosen`` when the rule was defined on the data
+    (it needs positives, and Youden negatives too), else ``fallback`` (a default stood in).
+    """
+    labels = np.asarray(labels)
+    out: Dict[str, Dict[str, object]] = {}
+    for j, f in enumerate(findings):
+        if labels.size:
+            y, _ = _as_1d(labels[:, j], labels[:, j], None if mask is None else np.asarray(mask)[:, j])
+            n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+        else:
+            n_pos = n_neg = 0
+        if method == "fixed":
+            source = SOURCE_FIXED
+        elif n_pos == 0 or (method == "youden" and n_neg == 0) or thresholds.get(f) is None:
+            source = SOURCE_FALLBACK
+        else:
+            source = SOURCE_CHOSEN
+        out[f] = {"source": source, "method": method, "split": split, "positives": n_pos, "negatives": n_neg}
+    return out
+
+
+def provenance_text(prov: Optional[Dict[str, object]]) -> str:
+    """A short human phrase for one finding's threshold provenance (client table, report)."""
+    if not prov:
+        return "source unknown"
+    source = prov.get("source")
+    where = f" on {prov['split']}" if prov.get("split") else ""
+    if source == SOURCE_CHOSEN:
+        return f"{prov.get('method', 'rule')}, {prov.get('positives', '?')} positives{where}"
+    if source == SOURCE_FALLBACK:
+        why = "no positives" if not prov.get("positives") else "no negatives"
+        return f"FALLBACK ({why}{where})"
+    if source == SOURCE_FIXED:
+        return "fixed"
+    return "source unknown"
+
+
+# The decision rule: a call is firm only when the margin |p - threshold| is at least the model's
+# own uncertainty (std of p over latent samples) for that finding; otherwise it is "uncertain".
+ABOVE, BELOW, UNCERTAIN = "above", "below", "uncertain"
+
+
+def decide(probability, uncertainty, threshold):
+    """``"above"`` / ``"below"`` / ``"uncertain"`` per element (numpy broadcasting; scalars give a str).
+
+    Uncertain when ``|probability - threshold| < uncertainty``; a NaN (unknown) uncertainty never
+    makes a call uncertain. ``probability >= threshold`` is above, as everywhere in the project.
+    """
+    p, u, t = (np.asarray(v, np.float64) for v in (probability, uncertainty, threshold))
+    firm = np.where(p >= t, ABOVE, BELOW)
+    out = np.where(np.nan_to_num(u, nan=0.0) > np.abs(p - t), UNCERTAIN, firm)
+    return str(out) if out.ndim == 0 else out
+
+
 # ------------------------------------------------------------------------------------- calibration
 def reliability_bins(y, p, n_bins: int = 10, mask=None) -> Dict[str, List]:
     """Equal-width probability bins over [0, 1]: count, mean predicted probability, observed rate.

@@ -4,7 +4,8 @@ One exported model is a SavedModel folder::
 
     <export_dir>/saved_model.pb, variables/
     <export_dir>/assets/labels.txt                       finding names, one a line, in output order
-    <export_dir>/assets/thresholds.json                  {finding: operating threshold}
+    <export_dir>/assets/thresholds.json                  {finding: {"threshold", "source", "method", "split",
+                                                                    "positives", "negatives"}}
     <export_dir>/assets.extra/tf_serving_warmup_requests PredictionLogs replayed by TF Serving at load
 
 TF Serving serves a *base path* ``<serving_root>/<MODEL_NAME>/<version>/`` (numeric version
@@ -41,12 +42,15 @@ PROBABILITIES_FULL = "probabilities_full"  # float[B, NUM_FINDINGS]: PROBABILITI
 LABEL_NAMES = "label_names"            # string[B, L] (IMAGE_SIGNATURE): finding names, a copy per row so
                                        # TF Serving's batching can split it; clients need no model files
 THRESHOLDS = "thresholds"              # float[B, L] (IMAGE_SIGNATURE): operating threshold per finding
+THRESHOLD_SOURCES = "threshold_sources"  # string[B, L] (IMAGE_SIGNATURE): how each was set: chosen |
+                                         # fallback | fixed | unknown (cxr_tfp.metrics.THRESHOLD_SOURCES)
+THRESHOLD_POSITIVES = "threshold_positives"  # int32[B, L] (IMAGE_SIGNATURE): positives it was chosen from
 
 # Files.
 SAVED_MODEL_FILE = "saved_model.pb"
 ASSETS_DIR = "assets"
 LABELS_ASSET = "labels.txt"            # one finding per line, in model output order
-THRESHOLDS_ASSET = "thresholds.json"   # {finding: operating threshold}
+THRESHOLDS_ASSET = "thresholds.json"   # {finding: {"threshold": t, "source": ..., ...}} (older: {finding: t})
 WEIGHTS_ASSET = "weights.json"         # what the backbone started from (cxr_tfp.weights; null = random init)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # What a SavedModel folder may hold; anything else in an existing export_dir is refused, not deleted.
@@ -118,12 +122,44 @@ def write_labels(path: PathLike, findings: Sequence[str]) -> None:
     Path(path).write_text("\n".join(findings) + "\n")
 
 
-def write_thresholds(path: PathLike, thresholds: Mapping[str, float]) -> None:
-    Path(path).write_text(json.dumps({k: float(v) for k, v in thresholds.items()}, indent=2))
+def thresholds_document(thresholds: Mapping[str, Optional[float]],
+                        provenance: Optional[Mapping[str, Mapping[str, object]]] = None) -> Dict[str, dict]:
+    """thresholds.json's content: per finding its threshold and how it was set (``source``: chosen,
+    fallback, fixed or unknown; ``method``, ``split``, ``positives``, ``negatives`` when known)."""
+    out = {}
+    for k, v in thresholds.items():
+        prov = dict((provenance or {}).get(k) or {})
+        prov.setdefault("source", "unknown")
+        out[str(k)] = {"threshold": None if v is None else float(v), **prov}
+    return out
+
+
+def write_thresholds(path: PathLike, thresholds: Mapping[str, float],
+                     provenance: Optional[Mapping[str, Mapping[str, object]]] = None) -> None:
+    Path(path).write_text(json.dumps(thresholds_document(thresholds, provenance), indent=2))
+
+
+def _threshold_entries(obj) -> Dict[str, dict]:
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object {finding: threshold or {\"threshold\": ...}}")
+    out = {}
+    for k, v in obj.items():
+        entry = dict(v) if isinstance(v, dict) else {"threshold": v, "source": "unknown"}
+        out[str(k)] = entry
+    return out
 
 
 def read_thresholds_file(path: PathLike) -> Dict[str, float]:
-    return {str(k): float(v) for k, v in json.loads(Path(path).read_text()).items()}
+    """``{finding: threshold}`` from a thresholds.json (the current per-finding objects or the older
+    flat ``{finding: number}``)."""
+    return {k: float(e["threshold"]) for k, e in _threshold_entries(json.loads(Path(path).read_text())).items()
+            if e.get("threshold") is not None}
+
+
+def read_threshold_provenance_file(path: PathLike) -> Dict[str, Dict[str, object]]:
+    """``{finding: {"source", ...}}`` from a thresholds.json (``source: unknown`` for the older format)."""
+    return {k: {kk: vv for kk, vv in e.items() if kk != "threshold"}
+            for k, e in _threshold_entries(json.loads(Path(path).read_text())).items()}
 
 
 def read_labels(export_dir: PathLike) -> Tuple[str, ...]:
@@ -134,6 +170,12 @@ def read_labels(export_dir: PathLike) -> Tuple[str, ...]:
 def read_thresholds(export_dir: PathLike) -> Dict[str, float]:
     """Operating thresholds stored with an exported model."""
     return read_thresholds_file(thresholds_path(export_dir))
+
+
+def read_threshold_provenance(export_dir: PathLike) -> Dict[str, Dict[str, object]]:
+    """How each stored threshold was set ({} when the model has no thresholds.json)."""
+    path = thresholds_path(export_dir)
+    return read_threshold_provenance_file(path) if path.is_file() else {}
 
 
 def read_assets(export_dir: PathLike) -> Tuple[Optional[List[str]], Optional[Dict[str, float]]]:

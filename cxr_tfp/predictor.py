@@ -5,8 +5,12 @@
     table = model.predict(["a.png", "b.dcm"])           # pandas DataFrame, one row per image
 
 Columns are a two-level index ``(finding, field)`` with fields ``probability`` (mean over latent
-samples), ``uncertainty`` (their standard deviation) and ``decision`` (probability >= the model's
-saved operating threshold). Inputs may be file paths (PNG, JPEG or DICOM: read by the same code as
+samples), ``uncertainty`` (their standard deviation), ``decision`` (the raw comparison: probability
+>= the model's saved operating threshold), ``call`` (``above`` / ``below``, or ``uncertain`` when
+``|probability - threshold| < uncertainty``: :func:`cxr_tfp.metrics.decide`) and ``threshold_from``
+(how that threshold was set: ``chosen`` on n positives, ``fallback`` when the split it was chosen on
+had no positives so 0.5 stands in, ``fixed`` or ``unknown``). ``table.attrs`` holds the thresholds
+and their provenance. Inputs may be file paths (PNG, JPEG or DICOM: read by the same code as
 the client and the ingestion, decoded by the same TF ops as training), encoded bytes, or numpy
 arrays (uint8, or float in [0, 1]; 2-D or H x W x 1). A bad input raises ``ValueError`` naming it.
 """
@@ -22,7 +26,7 @@ from cxr_tfp import features as F
 from cxr_tfp import model_dir as MD
 
 InputItem = Union[str, os.PathLike, bytes, np.ndarray]
-FIELDS = ("probability", "uncertainty", "decision")
+FIELDS = ("probability", "uncertainty", "decision", "call", "threshold_from")
 
 
 class InputCheckError(ValueError):
@@ -170,16 +174,29 @@ class Predictor:
         prob = np.concatenate(probs) if probs else np.zeros((0, L), np.float32)
         std = np.concatenate(stds) if stds else np.zeros((0, L), np.float32)
         thr = np.asarray([self.thresholds[f] for f in self.findings], np.float32)
+        from cxr_tfp.metrics import SOURCE_UNKNOWN, decide
+
+        provenance = self.threshold_provenance()
         data: Dict[Tuple[str, str], Any] = {}
         for j, f in enumerate(self.findings):
             data[(f, "probability")] = prob[:, j].astype(float)
             data[(f, "uncertainty")] = std[:, j].astype(float)
             data[(f, "decision")] = prob[:, j] >= thr[j]
+            data[(f, "call")] = np.asarray(decide(prob[:, j], std[:, j], thr[j]), dtype=object)
+            data[(f, "threshold_from")] = [str(provenance.get(f, {}).get("source", SOURCE_UNKNOWN))] * len(names)
         df = pd.DataFrame(data, index=pd.Index(names, name="input"))
         df.columns = pd.MultiIndex.from_tuples(df.columns, names=["finding", "field"])
         df.attrs["thresholds"] = dict(self.thresholds)
+        df.attrs["threshold_provenance"] = provenance
         df.attrs["model"] = self.path
         return df
+
+    def threshold_provenance(self) -> Dict[str, Dict[str, Any]]:
+        """How each operating threshold was set (``{}`` for a model saved before this was recorded)."""
+        if self.kind == "keras":
+            return {f: dict(v) for f, v in (getattr(self._model, "threshold_provenance", {}) or {}).items()}
+        p = Path(self.path)
+        return MD.read_threshold_provenance(p) if MD.is_saved_model(p) else {}
 
     def __repr__(self) -> str:
         return f"Predictor({self.path!r}, {self.kind}, {len(self.findings)} findings)"

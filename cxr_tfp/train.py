@@ -565,12 +565,16 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
     # Final: thresholds, .keras, SavedModel ------------------------------------------------------
     final = "stage2" if cfg.stage2_epochs > 0 else "stage1"
     probs, _, labels, mask = predict_split(model, cfg, evals)
-    from cxr_tfp.metrics import choose_thresholds
+    from cxr_tfp.metrics import choose_thresholds, threshold_provenance
 
-    # Youden on eval; 0.5 where undefined (the model must always carry a threshold per finding).
-    model.set_thresholds(choose_thresholds(findings, probs, labels, mask, "youden", default=0.5))
+    # Youden on eval; 0.5 where undefined (the model must always carry a threshold per finding),
+    # recorded as a fallback so nobody reads it as the model's operating point.
+    chosen = choose_thresholds(findings, probs, labels, mask, "youden", default=0.5)
+    model.set_thresholds(chosen, threshold_provenance(findings, choose_thresholds(
+        findings, probs, labels, mask, "youden"), labels, mask, "youden", "eval"))
     metrics["final_stage"] = final
     metrics["thresholds"] = model.thresholds
+    metrics["threshold_provenance"] = model.threshold_provenance
     if chief:
         # Written aside, then renamed: a kill never leaves a half-written model.keras or SavedModel.
         from cxr_tfp.staging import replace_file

@@ -6,10 +6,18 @@ environment, so this module answers the same RPCs with the same protos
 (``tensorflow_serving.apis``) so that the real client, tests and the demo can do genuine gRPC round
 trips. It mimics the parts of TF Serving the project relies on:
 
-- model discovery under a base path: numeric version sub-folders, the highest one served
-  ("latest" version policy), or a SavedModel folder given directly (served as version 1);
-- ``model_spec``: model name (``NOT_FOUND`` when wrong), version / version label
-  (``version_labels`` mapping), signature name (``FAILED_PRECONDITION`` when absent, as TF Serving);
+- model discovery under a base path: integer-named version sub-folders holding ``saved_model.pb``
+  (others, such as a push still being written, are ignored); a SavedModel placed directly in the base
+  path is refused, as TF Serving finds no version there (export to ``<base>/<model>/<version>``);
+- ``--model_config_file`` (a ``ModelServerConfig`` in text format, such as ``serving/models.config``):
+  each model's name, base path, ``model_version_policy`` (``latest {num_versions}``, the default
+  ``latest 1``; ``all``; ``specific {versions}``) and ``version_labels``. A label must name a version
+  the policy loads, and a ``specific`` version must exist, or the server does not start (TF Serving
+  without ``--allow_version_labels_for_unavailable_models`` refuses such labels too);
+- ``model_spec``: model name (``NOT_FOUND`` naming the served models when wrong), a version that is
+  not loaded (``NOT_FOUND`` that names the loaded versions, not the model), an unknown version label
+  (``INVALID_ARGUMENT`` naming the labels defined), signature name (``FAILED_PRECONDITION`` when
+  absent, as TF Serving);
 - input validation: input names, dtype and shape against the signature, and empty batches, each a
   clear ``INVALID_ARGUMENT``; a model error on bad bytes (not an image) is ``INVALID_ARGUMENT`` too,
   and the server goes on serving;
@@ -26,11 +34,13 @@ one by hand from the repository root (e.g. for ``python -m cxr_tfp.client``)::
 
     python -m serving.standin --model_base_path /path/to/serving_model/cxr_tfp \
         --model_name cxr_tfp --port 8500
+    python -m serving.standin --model_config_file models.config --port 8500   # labels, version policy
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -43,9 +53,12 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, 
 import grpc
 import numpy as np
 
-from cxr_tfp.cli import cli_main
+from cxr_tfp.cli import UsageError, cli_main
 from cxr_tfp.model_dir import (MAX_MESSAGE_BYTES, MODEL_NAME, SAVED_MODEL_FILE, SERVING_SIGNATURE,
-                               WARMUP_FILE, find_versions)
+                               WARMUP_FILE, find_versions, is_saved_model)
+
+__all__ = ["find_versions", "serving_versions", "VersionPolicy", "ModelConfig", "read_model_config_file",
+           "start_server", "start_from_config", "run_program", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -183,31 +196,43 @@ class PredictionServicer:
     """``tensorflow.serving.PredictionService`` over :class:`ServedModel` s (development stand-in)."""
 
     def __init__(self, models: Mapping[str, Mapping[int, ServedModel]],
-                 version_labels: Optional[Mapping[str, Mapping[str, int]]] = None):
+                 version_labels: Optional[Mapping[str, Mapping[str, int]]] = None,
+                 policies: Optional[Mapping[str, "VersionPolicy"]] = None):
         self.models = models
         self.version_labels = version_labels or {}
+        self.policies = dict(policies or {})
         self.requests_served = 0
         self._lock = threading.Lock()
 
     def _resolve(self, spec) -> ServedModel:
         versions = self.models.get(spec.name)
         if not versions:
+            # TF Serving's words first (clients match on them), then the real cause.
             raise RpcError(grpc.StatusCode.NOT_FOUND,
-                           f"Servable not found for request: Latest({spec.name}); "
-                           f"served models: {sorted(self.models)}")
+                           f"Servable not found for request: Latest({spec.name}): no model named "
+                           f"{spec.name!r} is served; served models: {sorted(self.models)}")
         if spec.HasField("version"):
             v = spec.version.value
             if v not in versions:
                 raise RpcError(grpc.StatusCode.NOT_FOUND,
-                               f"Servable not found for request: Specific({spec.name}, {v})")
+                               f"Servable not found for request: Specific({spec.name}, {v}): model "
+                               f"{spec.name!r} is served, but version {v} is not loaded; loaded versions: "
+                               f"{sorted(versions)} ({self._policy_text(spec.name)})")
             return versions[v]
         if spec.version_label:
-            v = self.version_labels.get(spec.name, {}).get(spec.version_label)
+            labels = self.version_labels.get(spec.name, {})
+            v = labels.get(spec.version_label)
             if v is None or v not in versions:
                 raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Unrecognized servable version label: {spec.version_label}")
+                               f"Unrecognized servable version label: {spec.version_label} (model "
+                               f"{spec.name!r} defines labels {sorted(labels) or 'none'}; labels come from "
+                               f"version_labels in the models.config given by --model_config_file)")
             return versions[v]
         return versions[max(versions)]
+
+    def _policy_text(self, name: str) -> str:
+        policy = self.policies.get(name)
+        return f"version policy {policy.describe()}" if policy else "version policy latest 1"
 
     @staticmethod
     def _abort(context, err: RpcError):
@@ -281,27 +306,120 @@ class StandinServer:
         self.stop()
 
 
-def start_server(model_base_path: str, model_name: str = MODEL_NAME, port: Optional[int] = None,
-                 host: str = "127.0.0.1", version_labels: Optional[Mapping[str, int]] = None,
-                 warmup: bool = True, max_workers: int = 4) -> StandinServer:
-    """Load the model(s) under ``model_base_path`` and serve them over gRPC on ``host:port``.
+@dataclasses.dataclass(frozen=True)
+class VersionPolicy:
+    """TF Serving's ``model_version_policy``: ``latest`` (the ``num_versions`` highest), ``all``, or
+    ``specific`` (the listed ``versions``)."""
 
-    ``port=None`` picks a free port. Only the latest version is loaded, unless ``version_labels``
-    names others (``{"stable": 1, "canary": 2}``), which are loaded too.
-    """
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: Tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "latest":
+            return f"latest {self.num_versions}"
+        if self.kind == "specific":
+            return f"specific {list(self.versions)}"
+        return "all"
+
+    def select(self, found: Mapping[int, str], where: str) -> List[int]:
+        """The versions to load out of ``found`` (those on disk); a missing specific version is an error."""
+        if self.kind == "latest":
+            return sorted(found)[-max(1, self.num_versions):]
+        if self.kind == "all":
+            return sorted(found)
+        missing = sorted(set(self.versions) - set(found))
+        if missing:
+            raise UsageError(f"version policy specific {list(self.versions)}: version(s) {missing} not found "
+                             f"under {where!r} (present: {sorted(found)})")
+        return sorted(self.versions)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """One ``config`` entry of a ModelServerConfig."""
+
+    name: str
+    base_path: str
+    policy: VersionPolicy = VersionPolicy()
+    version_labels: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def read_model_config_file(path: str) -> List[ModelConfig]:
+    """The models of a TF Serving ``--model_config_file`` (ModelServerConfig, protobuf text format)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"--model_config_file {path}: {e.strerror or e}") from None
+    cfg = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, cfg)
+    except text_format.ParseError as e:
+        raise UsageError(f"--model_config_file {path}: not a ModelServerConfig: {e}") from None
+    if not cfg.HasField("model_config_list") or not cfg.model_config_list.config:
+        raise UsageError(f"--model_config_file {path}: no model_config_list {{ config {{ ... }} }} entry")
+    out = []
+    for c in cfg.model_config_list.config:
+        if not c.name or not c.base_path:
+            raise UsageError(f"--model_config_file {path}: every config needs a name and a base_path")
+        if c.model_platform and c.model_platform != "tensorflow":
+            raise UsageError(f"--model_config_file {path}: model {c.name!r}: model_platform "
+                             f"{c.model_platform!r} is not served (tensorflow only)")
+        which = c.model_version_policy.WhichOneof("policy_choice") if c.HasField("model_version_policy") else None
+        if which == "all":
+            policy = VersionPolicy("all")
+        elif which == "specific":
+            policy = VersionPolicy("specific", versions=tuple(int(v) for v in c.model_version_policy.specific.versions))
+        elif which == "latest":
+            policy = VersionPolicy("latest", int(c.model_version_policy.latest.num_versions or 1))
+        else:
+            policy = VersionPolicy()
+        out.append(ModelConfig(c.name, c.base_path, policy, {k: int(v) for k, v in c.version_labels.items()}))
+    names = [m.name for m in out]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--model_config_file {path}: model names repeat: {names}")
+    return out
+
+
+def serving_versions(model_base_path: str) -> Dict[int, str]:
+    """``{version: dir}`` as TF Serving discovers them: integer-named sub-folders holding
+    ``saved_model.pb`` (a folder still being written is ignored). A SavedModel put directly in the
+    base path is refused, as TF Serving would find no version in it."""
+    base = Path(model_base_path)
+    if not base.is_dir():
+        raise FileNotFoundError(f"model base path {str(base)!r} does not exist or is not a folder")
+    versions = {int(c.name): str(c) for c in base.iterdir() if c.name.isdigit() and is_saved_model(c)}
+    if not versions and is_saved_model(base):
+        raise UsageError(f"{str(base)!r} holds a SavedModel itself, not in a version folder: TF Serving serves "
+                         f"<base_path>/<version>/saved_model.pb and would find no version here; move it to "
+                         f"{str(base / '1')!r} or export there (python -m cxr_tfp.export MODEL.keras "
+                         f"{str(base / '1')})")
+    if not versions:
+        raise FileNotFoundError(f"no SavedModel (saved_model.pb) in an integer version folder under "
+                                f"{str(base)!r} (expected {str(base)}/<version>/saved_model.pb)")
+    return versions
+
+
+def _load_model(cfg: ModelConfig, warmup: bool) -> Dict[int, ServedModel]:
+    found = serving_versions(cfg.base_path)
+    wanted = cfg.policy.select(found, cfg.base_path)
+    bad = {k: v for k, v in cfg.version_labels.items() if v not in wanted}
+    if bad:
+        raise UsageError(f"model {cfg.name!r}: version label(s) {bad} point at version(s) the version policy "
+                         f"({cfg.policy.describe()}) does not load; loaded: {wanted}, on disk: {sorted(found)}")
+    return {v: ServedModel(cfg.name, v, found[v], warmup=warmup) for v in wanted}
+
+
+def _serve(configs: Sequence[ModelConfig], port: Optional[int], host: str, warmup: bool,
+           max_workers: int) -> StandinServer:
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    found = find_versions(model_base_path)
-    if not found:
-        raise FileNotFoundError(f"no SavedModel (saved_model.pb) under {model_base_path!r} or in "
-                                f"its numeric version folders")
-    wanted = {max(found)} | set((version_labels or {}).values())
-    missing = sorted(wanted - set(found))
-    if missing:
-        raise FileNotFoundError(f"version label(s) point at version(s) {missing} not found under "
-                                f"{model_base_path!r} (present: {sorted(found)})")
-    loaded = {v: ServedModel(model_name, v, found[v], warmup=warmup) for v in sorted(wanted)}
-    servicer = PredictionServicer({model_name: loaded}, {model_name: dict(version_labels or {})})
+    loaded = {c.name: _load_model(c, warmup) for c in configs}
+    servicer = PredictionServicer(loaded, {c.name: dict(c.version_labels) for c in configs},
+                                  {c.name: c.policy for c in configs})
     if port is None:
         import portpicker
 
@@ -317,9 +435,29 @@ def start_server(model_base_path: str, model_name: str = MODEL_NAME, port: Optio
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot bind the stand-in server to {address}")
     server.start()
-    log.info("stand-in PredictionService for %r versions %s on %s", model_name, sorted(loaded),
-             address)
+    for c in configs:
+        log.info("stand-in PredictionService for %r versions %s (policy %s, labels %s) on %s", c.name,
+                 sorted(loaded[c.name]), c.policy.describe(), c.version_labels or "none", address)
     return StandinServer(server, address, servicer)
+
+
+def start_server(model_base_path: str, model_name: str = MODEL_NAME, port: Optional[int] = None,
+                 host: str = "127.0.0.1", version_labels: Optional[Mapping[str, int]] = None,
+                 warmup: bool = True, max_workers: int = 4,
+                 version_policy: Optional[VersionPolicy] = None) -> StandinServer:
+    """Load the model under ``model_base_path`` and serve it over gRPC on ``host:port``.
+
+    ``port=None`` picks a free port. ``version_policy`` defaults to TF Serving's (the latest version);
+    ``version_labels`` (``{"stable": 1, "canary": 2}``) must name versions the policy loads.
+    """
+    return _serve([ModelConfig(model_name, str(model_base_path), version_policy or VersionPolicy(),
+                               dict(version_labels or {}))], port, host, warmup, max_workers)
+
+
+def start_from_config(model_config_file: str, port: Optional[int] = None, host: str = "127.0.0.1",
+                      warmup: bool = True, max_workers: int = 4) -> StandinServer:
+    """Serve the models of a TF Serving ``--model_config_file`` (see :func:`read_model_config_file`)."""
+    return _serve(read_model_config_file(model_config_file), port, host, warmup, max_workers)
 
 
 READY_PREFIX = "DEVELOPMENT STAND-IN for TF Serving:"
@@ -381,18 +519,26 @@ def run_program(model_base_path: str, model_name: str = MODEL_NAME, port: Option
 
 @cli_main
 def main(argv: Optional[List[str]] = None) -> int:
-    """CLI: serve a model base path until interrupted (flags named as tensorflow_model_server's)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_base_path", required=True)
-    p.add_argument("--model_name", default=MODEL_NAME)
+    """CLI: serve a model base path or a models.config until interrupted (flags named as
+    tensorflow_model_server's)."""
+    p = argparse.ArgumentParser(prog="python -m serving.standin", description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model_base_path", help="<serving_root>/<model_name>: integer version folders inside")
+    src.add_argument("--model_config_file",
+                     help="a ModelServerConfig text file (serving/models.config; render one with "
+                          "serving/render_models_config.py): names, base paths, version policy and labels")
+    p.add_argument("--model_name", default=MODEL_NAME, help="with --model_base_path")
     p.add_argument("--port", type=int, default=8500)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--no_warmup", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    srv = start_server(a.model_base_path, a.model_name, a.port, a.host, warmup=not a.no_warmup)
-    print(f"{READY_PREFIX} model {a.model_name!r} on {srv.address} "
-          f"(Ctrl-C to stop)", flush=True)
+    if a.model_config_file:
+        srv = start_from_config(a.model_config_file, a.port, a.host, warmup=not a.no_warmup)
+    else:
+        srv = start_server(a.model_base_path, a.model_name, a.port, a.host, warmup=not a.no_warmup)
+    served = ", ".join(f"{name!r} versions {sorted(v)}" for name, v in srv.servicer.models.items())
+    print(f"{READY_PREFIX} model {served} on {srv.address} (Ctrl-C to stop)", flush=True)
     try:
         while True:
             time.sleep(3600)

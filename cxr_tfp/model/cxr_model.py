@@ -95,6 +95,7 @@ class CxrModel(keras.Model):
                  attention_hidden: Optional[int] = None,
                  pos_weight: Optional[Sequence[float]] = None,
                  thresholds: Optional[Dict[str, float]] = None,
+                 threshold_provenance: Optional[Dict[str, Dict[str, Any]]] = None,
                  weights: Optional[str] = None, precision: Optional[str] = None,
                  input_scale: Optional[float] = None, input_offset: Optional[float] = None,
                  weights_source: Optional[Dict[str, Any]] = None, **kwargs):
@@ -127,8 +128,10 @@ class CxrModel(keras.Model):
         self.attention_hidden = int(attention_hidden)
         self.pos_weight = None if pos_weight is None else [float(v) for v in pos_weight]
         self.thresholds = {f: 0.5 for f in self.findings}
+        # How each threshold was set (cxr_tfp.metrics.threshold_provenance); {} until thresholds are chosen.
+        self.threshold_provenance: Dict[str, Dict[str, Any]] = {}
         if thresholds:
-            self.set_thresholds(thresholds)
+            self.set_thresholds(thresholds, threshold_provenance)
         self.stage = 1
         self.precision = str(precision)
         self.backbone = build_backbone(backbone, self.image_size, self.channels, self.precision)
@@ -227,8 +230,13 @@ class CxrModel(keras.Model):
             m[i, FINDINGS.index(name)] = 1.0
         return m
 
-    def set_thresholds(self, thresholds: Dict[str, float]) -> None:
-        """Operating thresholds (chosen on eval data after training); unknown findings are refused."""
+    def set_thresholds(self, thresholds: Dict[str, float],
+                       provenance: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
+        """Operating thresholds (chosen on eval data after training); unknown findings are refused.
+
+        ``provenance``: how each was chosen (:func:`cxr_tfp.metrics.threshold_provenance`); it ships
+        in the export's thresholds.json and signature so a fallback threshold is never shown as chosen.
+        """
         unknown = sorted(set(thresholds) - set(self.findings))
         if unknown:
             raise ValueError(f"thresholds for findings the model does not predict: {unknown}")
@@ -236,6 +244,11 @@ class CxrModel(keras.Model):
         if bad:
             raise ValueError(f"thresholds must lie in [0, 1], got {bad}")
         self.thresholds.update({k: float(v) for k, v in thresholds.items()})
+        for k in thresholds:
+            if provenance and k in provenance:
+                self.threshold_provenance[k] = dict(provenance[k])
+            else:
+                self.threshold_provenance.pop(k, None)
 
     # ------------------------------------------------------------------ training
     def compile(self, optimizer="adam", *, pos_weight: Optional[Sequence[float]] = None, **kwargs):
@@ -410,6 +423,7 @@ class CxrModel(keras.Model):
             "prior_kl": self.prior_kl, "prior_bce": self.prior_bce,
             "posterior_attention": self.posterior_attention, "attention_hidden": self.attention_hidden,
             "pos_weight": self.pos_weight, "thresholds": dict(self.thresholds),
+            "threshold_provenance": {k: dict(v) for k, v in self.threshold_provenance.items()},
             "precision": self.precision, "input_scale": self.input_scale,
             "input_offset": self.input_offset, "weights_source": self.weights_source,
         }

@@ -22,10 +22,11 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 DPI = 110
 
 
-def _grid(n: int, ncols: int = 4, size: float = 3.0):
+def _grid(n: int, ncols: int = 4, size: float = 3.0, legend_room: float = 0.0):
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + legend_room) * nrows + 0.4),
+                             squeeze=False)
     flat = axes.ravel()
     for ax in flat[n:]:
         ax.axis("off")
@@ -49,9 +50,20 @@ def _note(ax, text: str, y: float = 0.5) -> None:
 def _save(fig, path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")   # legends placed outside the axes stay in the file
     plt.close(fig)
     return path
+
+
+def _legend_below(ax, title: Optional[str] = None, ncol: int = 1) -> None:
+    """A legend under the axes, never over the curves (low-prevalence curves sit in the corners)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.24), fontsize=7, title=title, title_fontsize=7,
+                  ncol=ncol, frameon=False)
+
+
+def _n_pos(pred, f) -> int:
+    return int(_known(pred, pred.findings.index(f))[0].sum())
 
 
 def _known(pred, j):
@@ -61,7 +73,7 @@ def _known(pred, j):
 
 def roc_figure(preds: Sequence, names: Sequence[str], findings: Sequence[str], path: Path) -> Path:
     """ROC curve per finding, one line per model, AUROC in the legend."""
-    fig, axes = _grid(len(findings))
+    fig, axes = _grid(len(findings), legend_room=0.5 + 0.15 * len(preds))
     for ax, f in zip(axes, findings):
         ax.plot([0, 1], [0, 1], ls=":", color="0.6", lw=1)
         for k, (pred, name) in enumerate(zip(preds, names)):
@@ -72,16 +84,15 @@ def roc_figure(preds: Sequence, names: Sequence[str], findings: Sequence[str], p
                 continue
             fpr, tpr, _ = M.roc_curve(y, p)
             ax.plot(fpr, tpr, color=COLORS[k % len(COLORS)], lw=1.6, label=f"{name} {M.auroc(y, p):.3f}")
-        ax.set(title=f"{f} (n+={int(_known(preds[0], preds[0].findings.index(f))[0].sum())})",
+        ax.set(title=f"{f} (n+={_n_pos(preds[0], f)})",
                xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", fontsize=7, title="AUROC", title_fontsize=7)
+        _legend_below(ax, "AUROC")
     return _save(fig, path, "ROC curves per finding")
 
 
 def pr_figure(preds: Sequence, names: Sequence[str], findings: Sequence[str], path: Path) -> Path:
     """Precision-recall curve per finding (step), AP in the legend, prevalence as the chance line."""
-    fig, axes = _grid(len(findings))
+    fig, axes = _grid(len(findings), legend_room=0.5 + 0.15 * len(preds))
     for ax, f in zip(axes, findings):
         for k, (pred, name) in enumerate(zip(preds, names)):
             y, p = _known(pred, pred.findings.index(f))
@@ -93,9 +104,9 @@ def pr_figure(preds: Sequence, names: Sequence[str], findings: Sequence[str], pa
                     lw=1.6, label=f"{name} {M.average_precision(y, p):.3f}")
             if k == 0:
                 ax.axhline(y.mean(), ls=":", color="0.6", lw=1)
-        ax.set(title=f, xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.02))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower left", fontsize=7, title="AP", title_fontsize=7)
+        ax.set(title=f"{f} (n+={_n_pos(preds[0], f)})", xlabel="recall (sensitivity)",
+               ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.02))
+        _legend_below(ax, "AP")
     return _save(fig, path, "Precision-recall curves per finding (dotted: prevalence)")
 
 
@@ -123,14 +134,14 @@ def reliability_figure(results: Sequence[Dict], names: Sequence[str], findings: 
             eces.append(f"{M.finite_or_none(pf['ece']):.3f}" if pf["ece"] is not None else "n/a")
         ax.set(title=f"{f}  ECE {' / '.join(eces)}", xlabel="mean predicted probability",
                ylabel="observed positive rate", xlim=(0, 1), ylim=(0, 1.02))
-        if len(results) > 1 and ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", fontsize=7)
+        if len(results) > 1:
+            _legend_below(ax)
     return _save(fig, path, "Reliability diagrams (grey bars: share of images per bin)")
 
 
 def referral_figure(results: Sequence[Dict], names: Sequence[str], path: Path) -> Path:
     """AUROC on the retained cases as the most uncertain ones are referred (macro and per finding)."""
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(7.4 * len(results), 4), squeeze=False)
     for ax, res, name in zip(axes[0], results, names):
         for f, pf in res["per_finding"].items():
             pts = [(r["fraction"] * 100, r["auroc"]) for r in pf["referral"] if r["auroc"] is not None]
@@ -144,7 +155,7 @@ def referral_figure(results: Sequence[Dict], names: Sequence[str], path: Path) -
         ax.set(title=name, xlabel="% most uncertain referred", ylabel="AUROC on retained cases",
                xticks=[100 * f for f in res["referral"]["fractions"]])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return _save(fig, path, "Uncertainty-based referral")
 
 
@@ -153,17 +164,29 @@ def _outline(ax, mask: np.ndarray, color: str) -> None:
         ax.contour(mask > 0.5, levels=[0.5], colors=[color], linewidths=1.5)
 
 
+FLAT_TOLERANCE = 1e-3   # a map whose values span less than this (on its 0..1 scale) has no spatial contrast
+
+
+def is_flat(saliency: np.ndarray, tol: float = FLAT_TOLERANCE) -> bool:
+    """True for a map without spatial contrast (constant, e.g. all zero): it has no meaningful peak."""
+    m = np.asarray(saliency, np.float64)
+    return bool(m.size == 0 or not np.all(np.isfinite(m)) or float(np.ptp(m)) < tol)
+
+
 def saliency_figure(examples: Sequence, name: str, path: Path, gaze_level: float = 0.5,
-                    per_row: int = 2, method_names: Optional[Dict[str, str]] = None) -> Path:
+                    per_row: int = 2, method_names: Optional[Dict[str, str]] = None,
+                    note: Optional[str] = None) -> Path:
     """Per example: the image with expert gaze (heat, cyan half-peak contour) and boxes (green), then
-    one panel per saliency method (x marks its peak) with the boxes again."""
+    one panel per saliency method with its colour bar (every map of a method on the same 0..1 scale:
+    share of that map's peak); x marks the peak, and a flat map (no spatial contrast) is labelled
+    "flat" and gets no marker. ``note`` (what the examples are) goes under the title."""
     n = max(len(examples), 1)
     methods = list(examples[0].maps) if examples and getattr(examples[0], "maps", None) else ["saliency"]
     names = method_names or {}
     width = 1 + len(methods)
     per_row = max(1, min(per_row, n))
     nrows = math.ceil(n / per_row)
-    fig, axes = plt.subplots(nrows, width * per_row, figsize=(2.6 * width * per_row, 2.9 * nrows + 0.5),
+    fig, axes = plt.subplots(nrows, width * per_row, figsize=(3.0 * width * per_row, 3.0 * nrows + 0.7),
                              squeeze=False)
     flat = axes.ravel()
     for ax in flat:
@@ -183,7 +206,8 @@ def saliency_figure(examples: Sequence, name: str, path: Path, gaze_level: float
             a0.imshow(np.ma.masked_less(ex.gaze, 0.05 * ex.gaze.max()), cmap="magma", alpha=0.4)
             _outline(a0, ex.gaze >= gaze_level * ex.gaze.max(), "cyan")
             parts.append("gaze")
-        label = "unknown" if ex.label is None else ("pos" if ex.label > 0.5 else "neg")
+        label = ("label unknown" if ex.label is None else
+                 ("known positive" if ex.label > 0.5 else "known negative"))
         a0.set_title(f"#{k + 1} {ex.finding} p={ex.probability:.2f} ({label})\nexpert: "
                      + ("+".join(parts + (["boxes"] if ex.boxes is not None else [])) or "none"), fontsize=7)
         maps = getattr(ex, "maps", None) or {"saliency": ex.saliency}
@@ -191,14 +215,26 @@ def saliency_figure(examples: Sequence, name: str, path: Path, gaze_level: float
             m = maps[meth]
             if ex.boxes is not None:
                 _outline(ax, ex.boxes, "lime")
-            ax.imshow(m, cmap="jet", alpha=0.35, vmin=0, vmax=1)
-            iy, ix = np.unravel_index(int(np.argmax(m)), m.shape)
-            ax.plot([ix], [iy], marker="x", color="white", ms=8, mew=2)
-            ax.set_title(names.get(meth, meth).split(" (")[0], fontsize=8)
+            im = ax.imshow(m, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
+            cb.ax.tick_params(labelsize=6)
+            cb.solids.set_alpha(1)
+            title = names.get(meth, meth).split(" (")[0]
+            if is_flat(m):
+                title += "\nFLAT: no spatial contrast"
+                ax.text(0.5, 0.5, "flat map", ha="center", va="center", transform=ax.transAxes, fontsize=8,
+                        color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 2})
+            else:
+                iy, ix = np.unravel_index(int(np.argmax(m)), m.shape)
+                ax.plot([ix], [iy], marker="x", color="white", ms=8, mew=2)
+            ax.set_title(title, fontsize=8)
         if ex.boxes is not None:
             _outline(a0, ex.boxes, "lime")
-    return _save(fig, path, f"Saliency examples: {name}. First panel: expert gaze (cyan: half-peak) and boxes "
-                            f"(green); then each method's map, x = peak")
+    title = (f"Saliency examples: {name}. First panel: expert gaze (cyan: half-peak) and boxes (green); then each "
+             f"method's map (colour: share of its peak), x = peak")
+    if note:
+        title += f"\n{note}"
+    return _save(fig, path, title)
 
 
 def agreement_figure(results: Sequence[Dict], names: Sequence[str], path: Path) -> Optional[Path]:
@@ -245,6 +281,18 @@ def agreement_figure(results: Sequence[Dict], names: Sequence[str], path: Path) 
     return _save(fig, path, "Saliency agreement with expert annotations")
 
 
+def examples_note(shown: Optional[Dict[str, object]]) -> str:
+    """One sentence saying what the saliency examples are (the report uses it too)."""
+    shown = shown or {}
+    n_ann, n_other = int(shown.get("annotated", 0)), int(shown.get("unannotated", 0))
+    if n_ann:
+        return (f"{n_ann} annotated image(s), each with the known-positive finding the model rates highest")
+    if n_other:
+        return (f"No annotated image with a known positive in this split: shown instead, {n_other} unannotated "
+                f"image(s) with the finding the model rates highest (its label is in each title)")
+    return "No image with saliency in this split"
+
+
 def draw_all(preds: Sequence, result: Dict, out_dir: Path) -> Dict[str, object]:
     """Draw every figure of the report into ``out_dir``; return their file names by key."""
     out_dir = Path(out_dir)
@@ -260,9 +308,10 @@ def draw_all(preds: Sequence, result: Dict, out_dir: Path) -> Dict[str, object]:
     figs["saliency_examples"] = []
     for k, (pred, name) in enumerate(zip(preds, names)):
         if pred.saliency_reason is None:
+            sal = result["models"][k]["saliency"]
             p = saliency_figure(pred.examples, name,
                                 out_dir / f"saliency_examples_{'ab'[k] if len(preds) > 1 else 'model'}.png",
-                                method_names=result["models"][k]["saliency"].get("method_names"))
+                                method_names=sal.get("method_names"), note=examples_note(sal.get("examples")))
             figs["saliency_examples"].append(p.name)
         else:
             figs["saliency_examples"].append(None)

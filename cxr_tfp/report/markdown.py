@@ -39,6 +39,34 @@ def with_ci(v: Optional[float], lo: Optional[float], hi: Optional[float], na: st
     return f"{v:.3f} ({lo:.3f}-{hi:.3f})"
 
 
+def auroc_text(pf: Dict, na: str, min_positives: int) -> str:
+    """AUROC with its percentile-bootstrap interval, or "too few positives" in the interval's place."""
+    if pf["auroc"] is not None and 0 < pf["positives"] < min_positives:
+        return f"{pf['auroc']:.3f} (too few positives for an interval: n+={pf['positives']})"
+    return with_ci(pf["auroc"], pf["auroc_ci_low"], pf["auroc_ci_high"], na)
+
+
+def threshold_cell(pf: Dict) -> str:
+    """The threshold and how it was set (chosen on n positives, FALLBACK, fixed)."""
+    how = pf.get("threshold_from")
+    n = pf.get("threshold_positives")
+    if pf["threshold"] is None:
+        return "n/a (none on threshold split: no positives)" if not n else "n/a (none on threshold split: no negatives)"
+    if how == "chosen":
+        return f"{pf['threshold']:.3f} (chosen, {n} pos.)"
+    if how == "fallback":
+        return f"{pf['threshold']:.3f} (FALLBACK)"
+    if how == "fixed":
+        return f"{pf['threshold']:.3f} (fixed)"
+    return fmt(pf["threshold"])
+
+
+def uncertain_cell(pf: Dict) -> str:
+    n = pf.get("uncertain_calls")
+    total = pf["positives"] + pf["negatives"]
+    return NA if n is None else f"{n} of {total}"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Optional[str] = None) -> List[str]:
     align = align or "l" + "r" * (len(header) - 1)
     sep = ["---:" if a == "r" else ":---" for a in align]
@@ -81,6 +109,13 @@ def _pct_ci(v: Optional[float], lo: Optional[float], hi: Optional[float]) -> str
     if lo is None or hi is None:
         return pct(v)
     return f"{pct(v)} ({pct(lo)}-{pct(hi)})"
+
+
+def _topk_ci(a: Dict) -> str:
+    """Top-k share with its patient-bootstrap interval; under 10 images the interval is not shown."""
+    if a["topk_precision"] is not None and 0 < a["n"] < 10:
+        return f"{pct(a['topk_precision'])} (too few images for an interval)"
+    return _pct_ci(a["topk_precision"], a.get("topk_ci_low"), a.get("topk_ci_high"))
 
 
 def _hit(a: Dict) -> str:
@@ -172,16 +207,26 @@ def render(result: Dict) -> str:
             sens_na = "n/a (no positives)" if pf["positives"] == 0 else ("n/a (no threshold)" if pf["threshold"] is None else NA)
             spec_na = "n/a (no negatives)" if pf["negatives"] == 0 else ("n/a (no threshold)" if pf["threshold"] is None else NA)
             few = 0 < pf["positives"] < ((m.get("few_positives") or {}).get("min_positives") or 0)
+            min_pos = (m.get("few_positives") or {}).get("min_positives") or 0
             rows.append([f + (" (warning: few positives)" if few else ""), str(pf["positives"]),
                          str(pf["negatives"]), str(pf["unknown"]),
-                         with_ci(pf["auroc"], pf["auroc_ci_low"], pf["auroc_ci_high"], na),
+                         auroc_text(pf, na, min_pos),
                          fmt(pf["average_precision"], na="n/a (no positives)" if pf["positives"] == 0 else NA),
-                         fmt(pf["threshold"], na="n/a (none on threshold split)"),
+                         threshold_cell(pf),
                          fmt(pf["sensitivity"], na=sens_na), fmt(pf["specificity"], na=spec_na),
                          fmt(pf["ppv"], na="n/a (no positive calls)" if pf["threshold"] is not None else NA),
-                         fmt(pf["ece"], na="n/a (no known labels)")])
-        L += _table(["Finding", "Pos", "Neg", "Unknown", "AUROC (95% CI)", "AP", "Threshold", "Sensitivity",
-                     "Specificity", "PPV", "ECE"], rows)
+                         fmt(pf["ece"], na="n/a (no known labels)"),
+                         uncertain_cell(pf)])
+        L += _table(["Finding", "Pos", "Neg", "Unknown", "AUROC (95% CI)", "AP", "Threshold (set by)",
+                     "Sensitivity", "Specificity", "PPV", "ECE", "Uncertain calls"], rows)
+        L += [f"AUROC intervals are shown only for findings with at least {min_pos or 10} positives: with fewer, a "
+              "patient bootstrap resamples the same handful of cases and its percentile interval looks far surer "
+              "than the data (\"too few positives\" in its place). Threshold: `chosen` by the rule on n positives "
+              "of the threshold split, `FALLBACK` where that split had no positives (or no negatives). Uncertain "
+              "calls: images whose margin |p - threshold| is smaller than the model's uncertainty for that finding "
+              "(the standard deviation of p over latent samples); they are counted here, and the client and the "
+              "predictor show them as \"uncertain\" rather than above/below. Sensitivity, specificity and PPV use "
+              "the raw comparison p >= threshold.", ""]
     L += [f"Curves below: all {first['n_images']} images from {first['n_patients']} patients of the split "
           "(per finding: the images with a known label; n+ in each panel title).", ""]
     _img(L, "ROC curves per finding", figs.get("roc"))
@@ -225,9 +270,18 @@ def render(result: Dict) -> str:
         names = sal.get("method_names") or {"gradcam": sal["method"]}
         n_img = max((sal["by_method"][meth][kind]["n"] for meth in sal.get("methods", []) for kind in ("boxes", "gaze")),
                     default=0) if sal.get("by_method") else max(sal["boxes"]["n"], sal["gaze"]["n"])
-        L += [f"{tag}: {m['name']}: " + "; ".join(names.values()) + ". Computed for the positive finding the "
-              "model rates highest on each annotated image with at least one known positive "
-              f"(up to {n_img} images per annotation kind; the table gives images and patients per row).", ""]
+        primary = sal.get("methods", ["gradcam"])[0] if sal.get("by_method") else None
+        n_box = sal["by_method"][primary]["boxes"]["n"] if primary else sal["boxes"]["n"]
+        n_gaze = sal["by_method"][primary]["gaze"]["n"] if primary else sal["gaze"]["n"]
+        from cxr_tfp.report.figures import examples_note
+
+        scope = (f"Maps are computed for each annotated image with at least one known positive, for the positive "
+                 f"finding the model rates highest there ({n_box} image(s) with boxes, {n_gaze} with gaze; the "
+                 "table gives images and patients per row)." if n_img else
+                 "No annotated image with a known positive in this split, so there is no agreement to score.")
+        L += [f"{tag}: {m['name']}: " + "; ".join(names.values()) + f". {scope} The figure shows: "
+              f"{examples_note(sal.get('examples'))}. Each map has a colour bar (share of that map's peak, one "
+              "0-1 scale per method); a map with no spatial contrast is labelled flat and has no peak marker.", ""]
         _img(L, f"Saliency examples ({m['name']})", ex)
         for meth in sal.get("methods") or ["gradcam"]:
             entry = sal["by_method"][meth] if sal.get("by_method") else sal
@@ -235,17 +289,17 @@ def render(result: Dict) -> str:
                 a = entry[kind]
                 agreement_rows.append([f"{tag}: {m['name']}", names.get(meth, meth).split(" (")[0], kind, "all",
                                        f"{a['n']} / {a.get('n_patients', 'n/a')}", _hit(a),
-                                       _pct_ci(a["topk_precision"], a.get("topk_ci_low"), a.get("topk_ci_high")),
+                                       _topk_ci(a),
                                        pct(a["topk_chance"]), fmt(a["topk_iou"])])
                 for f, af in a["per_finding"].items():
                     agreement_rows.append(["", "", kind, f, f"{af['n']} / {af.get('n_patients', 'n/a')}", _hit(af),
-                                           _pct_ci(af["topk_precision"], af.get("topk_ci_low"), af.get("topk_ci_high")),
+                                           _topk_ci(af),
                                            pct(af["topk_chance"]), fmt(af["topk_iou"])])
     if agreement_rows:
         k = next(m["saliency"]["k"] for m in models if m["saliency"].get("available"))
         L += [f"Agreement over all annotated images of the split. Pointing game: the map's peak lies inside the "
               f"expert region (boxes; gaze above half its peak); 95% Wilson interval. Top-{100 * k:g}%: share of "
-              "the most salient pixels inside the region, 95% patient-bootstrap interval; chance is the region's "
+              "the most salient pixels inside the region, 95% patient-bootstrap interval (from 10 images up); chance is the region's "
               "share of the image (what a random map scores). A random peak hits with about the chance rate too. "
               "n/a: no annotated image of that kind. Fewer than 10 images: read as anecdotes.", ""]
         L += _table(["Model", "Method", "Annotation", "Finding", "Images / patients", "Pointing-game hits (95% CI)",
@@ -259,7 +313,8 @@ def render(result: Dict) -> str:
           "precision, no interpolation. Undefined with no positives (or, for AUROC, no negatives): shown as n/a "
           "and left out of macro averages, never counted as 0 or 0.5.",
           "- Macro: mean over findings with a defined value; micro: all known (image, finding) pairs pooled.",
-          "- A case is called positive when its probability is >= the finding's threshold.",
+          "- A case is called positive when its probability is >= the finding's threshold; a call whose margin "
+          "|p - threshold| is below the model's uncertainty for that finding is counted as uncertain.",
           "- Confidence intervals resample patients with replacement and keep all their images, so correlated "
           "images of one patient never count as independent; resamples in which a finding has one class only are "
           "skipped for that finding.",

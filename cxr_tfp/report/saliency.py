@@ -78,8 +78,15 @@ class SaliencyCollector:
 
     @property
     def examples(self) -> List[SaliencyExample]:
-        """Annotated examples first, then unannotated ones, at most ``n_examples``."""
-        return (self._annotated + self._filler)[:self.n_examples]
+        """The annotated examples (their highest-rated known-positive finding), at most ``n_examples``;
+        only when the split has none, unannotated images with their highest-rated finding instead
+        (:meth:`examples_shown` says which, so the report can say so)."""
+        return (self._annotated or self._filler)[:self.n_examples]
+
+    def examples_shown(self) -> Dict[str, int]:
+        """``{"annotated": a, "unannotated": u}``: what :attr:`examples` holds."""
+        ex = self.examples
+        return {"annotated": sum(e.annotated for e in ex), "unannotated": sum(not e.annotated for e in ex)}
 
     def add_batch(self, images: np.ndarray, annotation: np.ndarray, labels: np.ndarray, mask: np.ndarray,
                   probs: np.ndarray, has_gaze: np.ndarray, has_boxes: np.ndarray,

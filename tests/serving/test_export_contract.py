@@ -58,7 +58,8 @@ def test_assets_match_outputs(export_dir, loaded, labels):
     thr = json.loads(Path(export_dir, "assets", model_dir.THRESHOLDS_ASSET).read_text())
     assert labels and set(labels) <= set(FINDINGS)
     assert set(thr) == set(labels)
-    assert all(0.0 < float(v) < 1.0 for v in thr.values())
+    assert all(0.0 < float(v["threshold"]) < 1.0 for v in thr.values())
+    assert all(v["source"] in ("chosen", "fallback", "fixed", "unknown") for v in thr.values())
     out = loaded.signatures[model_dir.IMAGE_SIGNATURE](
         **{model_dir.IMAGES_INPUT: tf.constant([features.encode_png(_radiograph(0))])})
     assert out[model_dir.PROBABILITIES].shape == (1, len(labels))
