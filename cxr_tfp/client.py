@@ -288,9 +288,17 @@ def _explain(err, server: str, model: str, signature: str, timeout_s: float, att
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         msg = (f"no answer from {server} within {timeout_s:g} s (DEADLINE_EXCEEDED): the server is "
                f"overloaded or still loading the model; raise --timeout")
+    elif code == grpc.StatusCode.NOT_FOUND and "Specific(" in detail:
+        # TF Serving's words for a version that is not loaded: the model name is right.
+        msg = (f"model {model!r} is served at {server}, but not the version asked for (NOT_FOUND): "
+               f"the version policy in models.config decides which versions are loaded; drop --version "
+               f"for the latest, or use --version-label. Server said: {detail}")
     elif code == grpc.StatusCode.NOT_FOUND:
         msg = (f"model {model!r} is not served at {server} (NOT_FOUND): check --model against the "
                f"name in models.config. Server said: {detail}")
+    elif code == grpc.StatusCode.INVALID_ARGUMENT and "version label" in detail.lower():
+        msg = (f"model {model!r} at {server} has no such version label (INVALID_ARGUMENT): labels are "
+               f"the version_labels of models.config. Server said: {detail}")
     elif code == grpc.StatusCode.FAILED_PRECONDITION and "signature" in detail.lower():
         avail = _available_signatures(stub, model, timeout_s) if stub is not None else None
         msg = (f"model {model!r} has no signature {signature!r}"

@@ -10,7 +10,8 @@ from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_p
 
 from cxr_tfp import client
 from cxr_tfp import model_dir
-from serving.standin import find_versions, start_server
+from serving.standin import (VersionPolicy, find_versions, read_model_config_file, serving_versions,
+                             start_from_config, start_server)
 from tests.serving import tiny_model
 from tests.serving.conftest import MODEL_NAME, image_request
 
@@ -26,13 +27,66 @@ def two_versions(tmp_path_factory, tiny_base):
 
 def test_find_versions_ignores_unfinished_push(two_versions, tiny_base):
     assert sorted(find_versions(two_versions)) == [1700000000, 1700000500]
-    assert find_versions(f"{tiny_base}/1") == {1: f"{tiny_base}/1"}   # a bare SavedModel
+    assert sorted(serving_versions(two_versions)) == [1700000000, 1700000500]
+    assert find_versions(f"{tiny_base}/1") == {1: f"{tiny_base}/1"}   # the library still reads a bare export
     with pytest.raises(FileNotFoundError, match="no SavedModel"):
         start_server(f"{two_versions}/1700000900")
 
 
+def test_an_unversioned_model_folder_is_refused_as_tf_serving_does(tiny_base):
+    # TF Serving finds no version in <base>/saved_model.pb; the stand-in used to serve it as "version 1"
+    with pytest.raises(ValueError, match="holds a SavedModel itself, not in a version folder.*/1"):
+        start_server(f"{tiny_base}/1", MODEL_NAME)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        start_server(f"{tiny_base}/nowhere", MODEL_NAME)
+
+
+def _config(tmp_path, base, policy: str, labels: dict) -> str:
+    text = (f'model_config_list {{ config {{ name: "{MODEL_NAME}" base_path: "{base}" '
+            f'model_platform: "tensorflow" model_version_policy {{ {policy} }} '
+            + "".join(f'version_labels {{ key: "{k}" value: {v} }} ' for k, v in labels.items()) + "} }")
+    path = tmp_path / "models.config"
+    path.write_text(text)
+    return str(path)
+
+
+def test_models_config_labels_and_version_policy_are_honoured(two_versions, images, tmp_path):
+    cfg = _config(tmp_path, two_versions, "latest { num_versions: 2 }",
+                  {"stable": 1700000000, "canary": 1700000500})
+    (m,) = read_model_config_file(cfg)
+    assert m.policy == VersionPolicy("latest", 2) and m.version_labels["canary"] == 1700000500
+    with start_from_config(cfg) as srv:
+        (canary,) = client.predict_files(srv.address, [images["white"]], version_label="canary")
+        (stable,) = client.predict_files(srv.address, [images["white"]], version_label="stable")
+        (latest,) = client.predict_files(srv.address, [images["white"]])
+        assert (canary["version"], stable["version"], latest["version"]) == (1700000500, 1700000000, 1700000500)
+        with pytest.raises(client.ServingError, match="no such version label.*beta"):
+            client.predict_files(srv.address, [images["white"]], version_label="beta")
+
+
+def test_default_policy_serves_the_latest_only_and_says_which_version_is_missing(two_versions, images):
+    with start_server(two_versions, MODEL_NAME) as srv:
+        assert sorted(srv.servicer.models[MODEL_NAME]) == [1700000500]
+        with pytest.raises(client.ServingError) as ei:
+            client.predict_files(srv.address, [images["white"]], version=1700000000)
+        msg = str(ei.value)
+        assert "is served at" in msg and "not the version asked for" in msg and "check --model" not in msg
+        assert "loaded versions: [1700000500]" in msg and "latest 1" in msg
+        with pytest.raises(client.ServingError, match="is not served.*check --model"):
+            client.predict_files(srv.address, [images["white"]], model="other")
+
+
+def test_a_label_the_policy_does_not_load_or_a_missing_specific_version_is_refused(two_versions, tmp_path):
+    cfg = _config(tmp_path, two_versions, "latest { num_versions: 1 }", {"stable": 1700000000})
+    with pytest.raises(ValueError, match="stable.*does not load"):
+        start_from_config(cfg)
+    cfg = _config(tmp_path, two_versions, "specific { versions: 7 }", {})
+    with pytest.raises(ValueError, match=r"version\(s\) \[7\] not found"):
+        start_from_config(cfg)
+
+
 def test_latest_version_and_labels(two_versions, images):
-    with start_server(two_versions, MODEL_NAME,
+    with start_server(two_versions, MODEL_NAME, version_policy=VersionPolicy("all"),
                       version_labels={"stable": 1700000000, "canary": 1700000500}) as srv:
         (latest,) = client.predict_files(srv.address, [images["white"]])
         (stable,) = client.predict_files(srv.address, [images["white"]], version_label="stable")
