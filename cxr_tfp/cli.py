@@ -225,6 +225,40 @@ def quiet_tensorflow(argv: Optional[Sequence[str]] = None) -> bool:
     return True
 
 
+# ------------------------------------------------------------------------------------------ progress
+class Progress:
+    """``[label] 32/58 images (55%), 12 s, about 10 s left`` on stderr: at most every ``every_s``
+    seconds, and always for the first and the last step, so a short run is not silent either."""
+
+    def __init__(self, label: str, total: Optional[int], unit: str = "images", every_s: float = 10.0,
+                 stream=None):
+        import time
+
+        self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
+        self.stream = stream
+        self.done = 0
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+        self._last: Optional[float] = None
+
+    def line(self) -> str:
+        elapsed = self._clock() - self._t0
+        if self.total:
+            text = f"[{self.label}] {self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.0f}%), {elapsed:.0f} s"
+            if 0 < self.done < self.total:
+                text += f", about {elapsed * (self.total - self.done) / self.done:.0f} s left"
+            return text
+        return f"[{self.label}] {self.done} {self.unit}, {elapsed:.0f} s"
+
+    def update(self, n: int = 1, extra: str = "") -> None:
+        self.done += n
+        now = self._clock()
+        last = self.total is not None and self.done >= self.total
+        if self._last is None or last or now - self._last >= self.every_s:
+            self._last = now
+            print(self.line() + (f"; {extra}" if extra else ""), file=self.stream or sys.stderr, flush=True)
+
+
 def run(main: Callable[[Optional[List[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
     """Call ``main(argv)`` under the error contract (see module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)

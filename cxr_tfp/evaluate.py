@@ -30,7 +30,7 @@ import numpy as np
 from cxr_tfp import features as F
 from cxr_tfp import model_dir as MD
 from cxr_tfp import metrics as M
-from cxr_tfp.cli import cli_main
+from cxr_tfp.cli import Progress, cli_main
 from cxr_tfp.report.saliency import METHOD_NAMES, SaliencyCollector, SaliencyExample, agreement_summary
 
 log = logging.getLogger("cxr_tfp.evaluate")
@@ -236,6 +236,17 @@ def _batches(ds, files: Sequence[str]):
                              f"{e.message.splitlines()[0]}") from None
 
 
+def count_records(files: Sequence[str]) -> Optional[int]:
+    """Examples in a split's TFRecord files (a read without parsing), for progress with a total."""
+    import tensorflow as tf
+
+    try:
+        return int(tf.data.TFRecordDataset(list(files), compression_type="GZIP").reduce(
+            np.int64(0), lambda n, _: n + 1).numpy())
+    except tf.errors.OpError:   # unreadable files are reported by the pass that parses them
+        return None
+
+
 def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32, saliency: bool = True,
             max_saliency: Optional[int] = None, n_examples: int = 6, gaze_level: float = 0.5,
             top_k: float = 0.1, progress_every: int = 20,
@@ -257,6 +268,9 @@ def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32
     ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(batch_size)
     out: Dict[str, List[np.ndarray]] = {k: [] for k in ("probs", "unc", "labels", "mask", "pk", "ek", "hg", "hb")}
     t0 = time.time()
+    split = Path(files[0]).parent.name if files else "?"
+    progress = (Progress(f"evaluate {adapter.name} {split}" + (" +saliency" if sal is not None else ""),
+                         count_records(files)) if progress_every else None)
     for b, serialized in enumerate(_batches(ds, files)):
         try:
             x, y, meta = parse_batch(serialized, size, findings, with_meta=True)
@@ -274,9 +288,8 @@ def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32
         out["ek"].append(np.char.decode(meta[F.EXAMPLE_KEY].numpy().astype(bytes), "utf-8"))
         if sal is not None:
             sal.add_batch(images, x[F.X_ANNOTATION].numpy(), labels, mask, probs, hg, hb, patients=out["pk"][-1])
-        if progress_every and (b + 1) % progress_every == 0:
-            n = sum(len(v) for v in out["probs"])
-            log.info("%s: %d images (%.1f img/s)", adapter.name, n, n / max(time.time() - t0, 1e-9))
+        if progress is not None:
+            progress.update(len(probs), f"saliency maps for {sal._n} annotated image(s)" if sal is not None else "")
     if not out["probs"]:
         raise ValueError(f"no examples in {list(files)}")
     cat = {k: np.concatenate(v) for k, v in out.items()}

@@ -234,9 +234,19 @@ def main(argv=None) -> int:
 
     from cxr_tfp.model import load_model
 
-    p = argparse.ArgumentParser(description="Export a trained .keras CxrModel as a SavedModel.")
+    p = argparse.ArgumentParser(
+        prog="python -m cxr_tfp.export", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a trained .keras CxrModel as a SavedModel.",
+        epilog="Layout: TF Serving serves <base_path>/<version>/saved_model.pb, with base_path =\n"
+               "<serving_root>/<model_name> and an integer version. So export to\n"
+               f"  <serving_root>/{MD.MODEL_NAME}/1   (then 2, 3, ...; the highest is served by default)\n"
+               f"and start the server with --model_base_path <serving_root>/{MD.MODEL_NAME}. A SavedModel\n"
+               "written straight into the base path is not served (TF Serving finds no version there).\n"
+               "The export holds assets/labels.txt and assets/thresholds.json (each threshold with how it\n"
+               "was set: chosen on n positives, or a fallback).\n"
+               f"Example: python -m cxr_tfp.export runs/a/model.keras /tmp/served/{MD.MODEL_NAME}/1")
     p.add_argument("model", help="path to model.keras")
-    p.add_argument("export_dir")
+    p.add_argument("export_dir", help=f"the version folder: <serving_root>/{MD.MODEL_NAME}/<version> (see below)")
     p.add_argument("--num-samples", type=int, default=None, help="latent samples in the signatures")
     p.add_argument("--precision", choices=SERVE_PRECISIONS, default="float32",
                    help="serving precision of the backbone: bfloat16 is faster on CPUs with bfloat16 "

@@ -233,8 +233,10 @@ def stage2_image_dataset(cfg: TrainConfig, files: Sequence[str], shuffle: Option
     return with_batch_count(ds, num_examples, cfg.batch_size)
 
 
-def cache_stage2_features(model, cfg: TrainConfig, files: Sequence[str]) -> Dict[str, np.ndarray]:
-    """Frozen-backbone feature maps and grid annotations of the annotated subset (one pass)."""
+def cache_stage2_features(model, cfg: TrainConfig, files: Sequence[str],
+                          total: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Frozen-backbone feature maps and grid annotations of the annotated subset (one pass);
+    ``total`` (the annotated images, from the data scan) gives the progress bar its end."""
     import keras
     import tensorflow as tf
 
@@ -248,7 +250,10 @@ def cache_stage2_features(model, cfg: TrainConfig, files: Sequence[str]) -> Dict
     parts: Dict[str, List[np.ndarray]] = {k: [] for k in
                                           (F.X_FEATURES, F.X_ANN_GRID, F.X_HAS_GAZE, F.X_HAS_BOXES,
                                            F.Y_LABELS, F.Y_MASK)}
-    bar = keras.utils.Progbar(None, unit_name="image", verbose=1 if cfg.verbose else 0)
+    if cfg.verbose:
+        print(f"[train] stage2: caching backbone features of {total if total is not None else 'the'} "
+              f"annotated image(s)", flush=True)
+    bar = keras.utils.Progbar(total, unit_name="image", verbose=1 if cfg.verbose else 0)
     seen = 0
     for x, y in stage2_image_dataset(cfg, files, shuffle=False):
         fmap, grid = compute(x[F.X_IMAGE], x[F.X_ANNOTATION])
@@ -555,7 +560,7 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
 
             def stage2_data():
                 if use_cache:
-                    cache = cache_stage2_features(model, cfg, train)
+                    cache = cache_stage2_features(model, cfg, train, total=scan["annotated"])
                     metrics["stage2_cached_examples"] = int(len(cache[F.Y_LABELS]))
                     return cached_dataset(cache, cfg)
                 return stage2_image_dataset(cfg, train, num_examples=scan["annotated"])
