@@ -37,7 +37,11 @@ def test_signatures_match_the_keras_model(exported):
         assert ex[key].shape == (3, 3) and ex[key].dtype == tf.float32
         np.testing.assert_allclose(ex[key].numpy(), ref[key], atol=1e-6)
         np.testing.assert_allclose(im[key].numpy(), ref[key], atol=1e-6)
-    assert set(im) == {MD.PROBABILITIES, MD.UNCERTAINTY, MD.LABEL_NAMES, MD.THRESHOLDS}
+    assert set(im) == {MD.PROBABILITIES, MD.UNCERTAINTY, MD.LABEL_NAMES, MD.THRESHOLDS,
+                       MD.THRESHOLD_SOURCES, MD.THRESHOLD_POSITIVES}
+    # thresholds set by hand carry no record of how they were chosen: "unknown", -1 positives
+    assert {s.decode() for s in im[MD.THRESHOLD_SOURCES].numpy().ravel()} == {"unknown"}
+    assert (im[MD.THRESHOLD_POSITIVES].numpy() == -1).all()
     # Names and thresholds travel with every row, in output order, so a client needs no model files.
     assert [n.decode() for n in im[MD.LABEL_NAMES].numpy()[2]] == list(model.findings)
     # model.thresholds sets Mass and Effusion; Hernia was never evaluated and gets 0.5.
