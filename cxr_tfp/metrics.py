@@ -226,7 +226,8 @@ SOURCE_CHOSEN = "chosen"      # by the rule (Youden / target sensitivity) on n p
 SOURCE_FALLBACK = "fallback"  # the rule was undefined there (no positives, or no negatives): a default
 SOURCE_FIXED = "fixed"        # a fixed probability by request (--threshold-method fixed)
 SOURCE_UNKNOWN = "unknown"    # a model saved before provenance was recorded, or never thresholded
-THRESHOLD_SOURCES = (SOURCE_CHOSEN, SOURCE_FALLBACK, SOURCE_FIXED, SOURCE_UNKNOWN)
+SOURCE_UNDEFINED = "undefined"  # no threshold at all (evaluate, where the rule is undefined: shown n/a)
+THRESHOLD_SOURCES = (SOURCE_CHOSEN, SOURCE_FALLBACK, SOURCE_FIXED, SOURCE_UNKNOWN, SOURCE_UNDEFINED)
 
 
 def threshold_provenance(findings: Sequence[str], thresholds: Dict[str, Optional[float]], labels, mask=None,
@@ -234,8 +235,9 @@ def threshold_provenance(findings: Sequence[str], thresholds: Dict[str, Optional
     """Per finding ``{"source", "method", "split", "positives", "negatives"}`` for thresholds that
     :func:`choose_thresholds` returned on ``labels`` (``[N, L]``, columns in ``findings`` order).
 
-    ``source`` is ``fixed`` for the fixed method, ``chosen`` when the rule was defined on the data
-    (it needs positives, and Youden negatives too), else ``fallback`` (a default stood in).
+    ``source`` is ``undefined`` where ``thresholds`` holds None, ``fixed`` for the fixed method,
+    ``chosen`` when the rule was defined on the data (it needs positives, and Youden negatives too),
+    else ``fallback`` (a default stood in).
     """
     labels = np.asarray(labels)
     out: Dict[str, Dict[str, object]] = {}
@@ -245,9 +247,11 @@ def threshold_provenance(findings: Sequence[str], thresholds: Dict[str, Optional
             n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
         else:
             n_pos = n_neg = 0
-        if method == "fixed":
+        if thresholds.get(f) is None:
+            source = SOURCE_UNDEFINED
+        elif method == "fixed":
             source = SOURCE_FIXED
-        elif n_pos == 0 or (method == "youden" and n_neg == 0) or thresholds.get(f) is None:
+        elif n_pos == 0 or (method == "youden" and n_neg == 0):
             source = SOURCE_FALLBACK
         else:
             source = SOURCE_CHOSEN

@@ -575,8 +575,7 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
     # Youden on eval; 0.5 where undefined (the model must always carry a threshold per finding),
     # recorded as a fallback so nobody reads it as the model's operating point.
     chosen = choose_thresholds(findings, probs, labels, mask, "youden", default=0.5)
-    model.set_thresholds(chosen, threshold_provenance(findings, choose_thresholds(
-        findings, probs, labels, mask, "youden"), labels, mask, "youden", "eval"))
+    model.set_thresholds(chosen, threshold_provenance(findings, chosen, labels, mask, "youden", "eval"))
     metrics["final_stage"] = final
     metrics["thresholds"] = model.thresholds
     metrics["threshold_provenance"] = model.threshold_provenance

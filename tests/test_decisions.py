@@ -21,14 +21,16 @@ def _eval_split():
 def test_a_threshold_chosen_without_positives_is_recorded_as_a_fallback():
     labels, probs = _eval_split()
     thr = M.choose_thresholds(["a", "b"], probs, labels, default=0.5)
-    prov = M.threshold_provenance(["a", "b"], M.choose_thresholds(["a", "b"], probs, labels), labels,
-                                  None, "youden", "eval")
+    prov = M.threshold_provenance(["a", "b"], thr, labels, None, "youden", "eval")
     assert thr["b"] == 0.5
     assert prov["a"] == {"source": "chosen", "method": "youden", "split": "eval", "positives": 2, "negatives": 3}
     assert prov["b"]["source"] == "fallback" and prov["b"]["positives"] == 0
     fixed = M.threshold_provenance(["a"], {"a": 0.3}, labels[:, :1], None, "fixed")
     assert fixed["a"]["source"] == "fixed"
     assert M.provenance_text(prov["b"]) == "FALLBACK (no positives on eval)"
+    # evaluate keeps no default: an undefined threshold is "undefined", shown n/a
+    undefined = M.threshold_provenance(["b"], {"b": None}, labels[:, 1:], None, "youden", "eval")
+    assert undefined["b"]["source"] == "undefined"
 
 
 def test_thresholds_json_keeps_provenance_and_still_reads_the_flat_format(tmp_path):
