@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -267,7 +266,6 @@ def collect(adapter: ModelAdapter, files: Sequence[str], *, batch_size: int = 32
                              gaze_level=gaze_level, top_k=top_k, methods=saliency_methods) if do_sal else None)
     ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(batch_size)
     out: Dict[str, List[np.ndarray]] = {k: [] for k in ("probs", "unc", "labels", "mask", "pk", "ek", "hg", "hb")}
-    t0 = time.time()
     split = Path(files[0]).parent.name if files else "?"
     progress = (Progress(f"evaluate {adapter.name} {split}" + (" +saliency" if sal is not None else ""),
                          count_records(files)) if progress_every else None)
