@@ -188,8 +188,9 @@ def markdown(report: Dict[str, Any]) -> str:
     g = s["gains"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for f in s["findings"]:
-        lines.append(f"| {f} | {s['positives'][f]} | {fmt(s['arms']['none']['auroc'][f])} | "
-                     f"{fmt(s['arms']['real']['auroc'][f])} | {fmt(s['arms']['control']['auroc'][f])} | "
+        # An AUROC over a handful of positives looks surer than it is: shown only with enough of them.
+        auc = [fmt(s["arms"][a]["auroc"][f]) if s["enough_positives"][f] else "-" for a in ("none", "real", "control")]
+        lines.append(f"| {f} | {s['positives'][f]} | {' | '.join(auc)} | "
                      f"{_ci(g['real-none']['per_finding'][f])} | {_ci(g['real-control']['per_finding'][f])} |")
     used = sum(s["enough_positives"].values())
     lines.append(f"| **macro** ({used} findings) | - | {fmt(s['arms']['none']['macro_auroc'])} | "
@@ -202,7 +203,7 @@ def markdown(report: Dict[str, Any]) -> str:
                          f"only): {t['gain']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}].")
     lines.append(f"\nArms: `none` = the stage-1 model, no stage 2; `real` = stage 2 with the annotations; "
                  f"`control` = stage 2 with the same annotations {CONTROL_WORDS[report['control']]}. "
-                 f"AUROC columns are means over seeds. Made by `python -m cxr_tfp.annotate study` "
+                 f"AUROC columns are means over seeds ('-' where a finding has too few positives). Made by `python -m cxr_tfp.annotate study` "
                  f"({report['created']}).")
     return "\n".join(lines) + "\n"
 
@@ -275,12 +276,13 @@ def _split_dir(data: str, split: str) -> str:
     return d
 
 
-def _findings_for(data: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
-    """Default the findings to the dataset's vocabulary (summary.json) unless given."""
-    if "findings" in overrides:
-        return overrides
+def _findings_for(data: str, config: Optional[str], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """Default the findings to the records' vocabulary (``summary.json``'s dataset) unless the flags or
+    the YAML chose them."""
     from cxr_tfp.labels import VOCABULARIES
 
+    if "findings" in overrides or load_config(config, {}).findings != TrainConfig().findings:
+        return overrides
     try:
         with open(os.path.join(data, "summary.json")) as fh:
             dataset = json.load(fh).get("dataset")
@@ -402,12 +404,9 @@ def run_study(data: str, out: str, config: Optional[str] = None, overrides: Opti
         raise UsageError(f"--seeds {seeds}: need at least 1")
     if not os.path.isdir(data):
         raise UsageError(f"--data {data}: no such records folder")
-    overrides = _findings_for(data, dict(overrides or {}))
+    overrides = _findings_for(data, config, dict(overrides or {}))
     overrides.setdefault("deterministic", True)   # a measurement: a re-run must give the same numbers
-    try:
-        cfg = load_config(config, overrides)
-    except FileNotFoundError:
-        raise
+    cfg = load_config(config, overrides)
     if cfg.stage2_epochs < 1:
         raise UsageError("stage2_epochs must be at least 1: the study compares stage-2 arms")
     train_dir, eval_dir = _split_dir(data, F.TRAIN_SPLIT), _split_dir(data, split)
@@ -499,9 +498,9 @@ def _run_seed(cfg: TrainConfig, seed: int, sdir: str, paths: Dict[str, str], tra
 
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    base = {**cfg.to_dict(), "seed": seed, "verbose": 0}
-    cfg1 = TrainConfig.from_dict({**base, "stage2_epochs": 0})
-    cfg2 = TrainConfig.from_dict(base)
+    base = {**cfg.to_dict(), "seed": seed}
+    cfg1 = TrainConfig.from_dict({**base, "stage2_epochs": 0})   # Keras' "Epoch k/E" lines as configured
+    cfg2 = TrainConfig.from_dict({**base, "verbose": 0})         # seconds per arm: no bars
     t0 = time.perf_counter()
     log(f"[study] {progress()} seed {seed} ({i + 1}/{seeds}): stage 1, {cfg1.stage1_epochs} epochs")
     m1 = train_model(cfg1, list(train_files), list(eval_files), os.path.join(sdir, "stage1"))
