@@ -239,6 +239,7 @@ def figure(report: Dict[str, Any], path: str) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     s = report["summary"]
     names = list(s["findings"]) + ["macro"]
@@ -246,13 +247,21 @@ def figure(report: Dict[str, Any], path: str) -> str:
     for ax, key, color in zip(axes[0], ("real-none", "real-control"), ("#1f77b4", "#2ca02c")):
         g = s["gains"][key]
         entries = [g["per_finding"][f] for f in s["findings"]] + [g["macro"]]
+        reach = 0.0
         for i, e in enumerate(entries):
             y = len(names) - 1 - i
             if e.get("gain") is None or e.get("ci_low") is None:
-                ax.text(0, y, e.get("note") or "undefined", va="center", ha="center", fontsize=7, color="0.4")
+                # No interval, no dot: a point without its interval would look surer than the data.
+                ax.text(0.5, y, "too few positives" if "too few" in (e.get("note") or "") else "undefined",
+                        transform=ax.get_yaxis_transform(), va="center", ha="center", fontsize=7, color="0.4")
                 continue
+            reach = max(reach, abs(e["ci_low"]), abs(e["ci_high"]))
             ax.errorbar(e["gain"], y, xerr=[[e["gain"] - e["ci_low"]], [e["ci_high"] - e["gain"]]], fmt="o",
                         color="k" if names[i] == "macro" else color, capsize=3, ms=4)
+        reach = 1.1 * reach if reach > 0 else 0.1
+        ax.set_xlim(-reach, reach)
+        ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+        ax.set_ylim(-0.6, len(names) - 0.4)
         ax.axvline(0, color="0.5", lw=0.8, ls=":")
         ax.set_title(f"{key} (AUROC gain)", fontsize=9)
         ax.grid(alpha=0.3, axis="x")
