@@ -163,6 +163,16 @@ def test_summary_with_no_finding_big_enough_says_the_evidence_is_too_small():
     assert text.count("too few positives") >= 5 and "evidence is too small" in text
 
 
+def test_verdict_does_not_claim_a_gain_the_t_interval_over_seeds_does_not_support():
+    boot = {"gain": 0.01, "ci_low": 0.001, "ci_high": 0.02}
+    summary = {"enough_positives": {"Mass": True}, "min_positives": 10, "seeds": 3, "gains": {
+        "real-control": {"macro": {**boot, "t_over_seeds": {"gain": 0.01, "ci_low": -0.01, "ci_high": 0.03, "seeds": 3}}},
+        "real-none": {"macro": {**boot, "t_over_seeds": {"gain": 0.01, "ci_low": 0.002, "ci_high": 0.018, "seeds": 3}}}}}
+    content, stage2 = study.verdict(summary).split("; ")
+    assert "not established" in content and "[-0.010, +0.030]" in content
+    assert stage2 == "stage 2 with annotations helps (macro +0.010, interval above 0) - over 3 seeds and 1 findings with enough positives."
+
+
 def test_changed_configuration_is_refused_in_one_line(tmp_path):
     path = str(tmp_path / "config.json")
     fp = {"config": {"stage2_epochs": 3, "verbose": 0}, "control": "across"}

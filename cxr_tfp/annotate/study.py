@@ -224,10 +224,16 @@ def verdict(summary: Dict[str, Any]) -> str:
         m = summary["gains"][key]["macro"]
         if m.get("gain") is None or m.get("ci_low") is None:
             parts.append(f"{words}: undefined")
-        elif m["ci_low"] > 0:
-            parts.append(f"{words} helps (macro {m['gain']:+.3f}, interval above 0)")
-        elif m["ci_high"] < 0:
-            parts.append(f"{words} hurts (macro {m['gain']:+.3f}, interval below 0)")
+        elif m["ci_low"] > 0 or m["ci_high"] < 0:
+            sign = "helps" if m["ci_low"] > 0 else "hurts"
+            t = m.get("t_over_seeds")
+            if t and t["ci_low"] <= 0 <= t["ci_high"]:
+                # Few seeds: resampling them understates training variation; the t-interval does not.
+                parts.append(f"{words} {sign} by the bootstrap interval (macro {m['gain']:+.3f}) but the "
+                             f"t-interval over the {t['seeds']} seeds covers 0 ([{t['ci_low']:+.3f}, "
+                             f"{t['ci_high']:+.3f}]): not established")
+            else:
+                parts.append(f"{words} {sign} (macro {m['gain']:+.3f}, interval {'above' if sign == 'helps' else 'below'} 0)")
         else:
             parts.append(f"no detectable effect of {words} (macro {m['gain']:+.3f}, the interval covers 0)")
     return "; ".join(parts) + f" - over {summary['seeds']} seeds and {used} findings with enough positives."
