@@ -1,7 +1,7 @@
 """The annotation study (``python -m cxr_tfp.annotate study``): controls, paired gains, report, CLI.
 
-The slow end-to-end test takes ~4 minutes on an idle 2-core machine (two seeds, each a stage-1 run with its
-export and two stage-2 runs).
+The slow end-to-end test (two seeds, each a stage-1 run with its export and two stage-2 runs, then a re-run
+and a refused one) took 21 minutes on the shared 2-core machine at load average 12-16; not measured idle.
 """
 import json
 import os
