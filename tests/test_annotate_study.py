@@ -260,3 +260,15 @@ def test_reduced_study_runs_resumes_and_refuses_a_changed_configuration(tmp_path
                              cwd=REPO)
     lines = [ln for ln in changed.stderr.splitlines() if ln.startswith("error:")]
     assert changed.returncode == 2 and len(lines) == 1 and "stage2_epochs" in lines[0]
+
+
+def test_a_second_writer_is_refused_in_one_line(tmp_path, capsys):
+    from cxr_tfp.staging import OutputLock
+
+    data = _records(tmp_path / "rec")
+    out = tmp_path / "study"
+    with OutputLock(out, "annotation study"):
+        rc = study.main(["--data", str(data), "--out", str(out), "--findings", "synthetic", "--image-size", "32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "is being written by another annotation study" in err[0]
+    assert not (out / "work").exists()
