@@ -96,54 +96,24 @@ def subset(cache: Dict[str, np.ndarray], fraction: float, seed: int) -> Dict[str
 
 
 def t_interval(values: Sequence[float]):
-    """Mean and 95% t-interval half-width (None with one value)."""
-    from scipy import stats
+    """Mean and 95% t-interval half-width (library: :func:`cxr_tfp.metrics.t_interval`)."""
+    from cxr_tfp.metrics import t_interval as _t
 
-    a = np.asarray(values, float)
-    if len(a) < 2:
-        return float(a.mean()), None
-    return float(a.mean()), float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
+    return _t(values)
 
 
 def prepare_stage2(model, cfg):
-    """Set the model up for stage 2 once; :func:`run_stage2` then reuses its traced train step.
+    """Set the model up once for stage 2 (library: :func:`cxr_tfp.train.prepare_cached_stage2`)."""
+    from cxr_tfp.train import prepare_cached_stage2
 
-    Why: re-compiling for every run re-traces the train step (seconds each, more than the training
-    itself on cached features). beta is applied through the KL-scale variable instead (the loss is
-    ``bce + model.beta * kl_scale * kl`` with ``model.beta = 1``), so it changes without a retrace.
-    """
-    import keras
-
-    model.beta = 1.0
-    model.set_stage(2, cfg.freeze)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.stage2_lr))
+    prepare_cached_stage2(model, cfg)
 
 
 def run_stage2(model, stage1_weights, cache, cfg, beta: float) -> None:
-    """Stage 2 from the stage-1 weights on cached features, with a fresh optimizer state."""
-    import keras
+    """Stage 2 from the stage-1 weights on cached features (:func:`cxr_tfp.train.train_stage2_cached`)."""
+    from cxr_tfp.train import train_stage2_cached
 
-    from cxr_tfp.train import cached_dataset
-
-    model.set_weights(stage1_weights)
-    for v in model.optimizer.variables:   # a fresh Adam: zero moments and step count, same rate
-        if not v.path.endswith("learning_rate"):
-            v.assign(np.zeros(v.shape, v.dtype))
-    model.init_posterior_from_prior()
-    warmup = cfg.kl_warmup_epochs
-    if warmup <= 1:
-        # No ramp (the trainer's scale is 1 from the first epoch): all epochs in one fit() call over
-        # the repeated, reshuffled data. Why: Keras' per-epoch overhead exceeds a cached-feature epoch.
-        model.kl_scale.assign(beta)
-        model.fit(cached_dataset(cache, cfg).repeat(cfg.stage2_epochs), epochs=1, verbose=0, shuffle=False)
-        return
-
-    class Warmup(keras.callbacks.Callback):   # the trainer's KL warm-up (cxr_tfp.train._callbacks) x beta
-        def on_epoch_begin(self, epoch, logs=None):
-            model.kl_scale.assign(beta * min(1.0, (epoch + 1) / warmup))
-
-    model.fit(cached_dataset(cache, cfg), epochs=cfg.stage2_epochs, verbose=0, shuffle=False,
-              callbacks=[Warmup()])
+    train_stage2_cached(model, stage1_weights, cache, cfg, beta)
 
 
 def sweep(args) -> Dict[str, object]:

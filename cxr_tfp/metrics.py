@@ -15,6 +15,7 @@ independent cross-check.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -640,3 +641,64 @@ def sanitize(obj):
     if isinstance(obj, (float, np.floating)):
         return finite_or_none(obj)
     return obj
+
+
+# ---------------------------------------------------------------------------------------- seeds
+def t_interval(values: Sequence[float], alpha: float = 0.05) -> Tuple[float, Optional[float]]:
+    """Mean and the half-width of its two-sided t-interval over ``values`` (None with one value)."""
+    from scipy import stats
+
+    a = np.asarray(values, float)
+    if a.size < 2:
+        return float(a.mean()), None
+    return float(a.mean()), float(stats.t.ppf(1 - alpha / 2, a.size - 1) * a.std(ddof=1) / np.sqrt(a.size))
+
+
+def paired_gain_over_seeds(labels, scores_a, scores_b, mask, groups, n_resamples: int = 1000,
+                           seed: int = 0, alpha: float = 0.05,
+                           findings_in_macro: Optional[Sequence[bool]] = None) -> Dict[str, object]:
+    """AUROC gain of A over B (per finding and macro) from several training seeds on one eval split.
+
+    ``scores_a`` / ``scores_b``: ``[S, N, L]``, one row of predictions per seed, paired (seed s of A
+    and of B share everything but the treatment). The point estimate is the mean over seeds of
+    AUROC(A) - AUROC(B). The interval is a two-level percentile bootstrap: each resample draws the
+    seeds with replacement (training variation) and the eval patients with replacement (the
+    split's size), scores A and B on the same draw, and averages the paired differences over the
+    drawn seeds. With one seed it reflects the eval split only. ``findings_in_macro``: which
+    findings the macro averages (default: those whose AUROC is defined).
+    """
+    labels = np.asarray(labels, np.float64)
+    mask = np.ones_like(labels) if mask is None else np.asarray(mask, np.float64)
+    a = np.asarray(scores_a, np.float64)
+    b = np.asarray(scores_b, np.float64)
+    if a.ndim != 3 or a.shape != b.shape or a.shape[1:] != labels.shape or labels.shape != mask.shape:
+        raise ValueError(f"scores must be [S, N, L] matching labels [N, L]; got {a.shape}, {b.shape}, "
+                         f"{labels.shape}, {mask.shape}")
+    n_seeds = a.shape[0]
+    ones = np.ones((1, labels.shape[0]))
+    point = np.stack([_auroc_matrix(labels, a[s], mask, ones)[0] - _auroc_matrix(labels, b[s], mask, ones)[0]
+                      for s in range(n_seeds)])                                        # [S, L]
+    defined = np.all(np.isfinite(point), axis=0)
+    use = defined if findings_in_macro is None else defined & np.asarray(findings_in_macro, bool)
+    w = patient_resample_weights(groups, n_resamples, seed)
+    diff = np.stack([_auroc_matrix(labels, a[s], mask, w) - _auroc_matrix(labels, b[s], mask, w)
+                     for s in range(n_seeds)])                                         # [S, R, L]
+    draws = np.random.default_rng(seed + 1).integers(0, n_seeds, size=(n_resamples, n_seeds))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # a finding undefined in every drawn seed: NaN
+        boot = np.nanmean(diff[draws, np.arange(n_resamples)[:, None], :], axis=1)     # [R, L]
+
+    def entry(pt, samples) -> Dict[str, object]:
+        pt = finite_or_none(pt)
+        lo, hi = percentile_interval(samples, alpha) if pt is not None else (None, None)
+        return {"gain": pt, "ci_low": lo, "ci_high": hi,
+                "n_valid": int(np.isfinite(samples).sum()) if pt is not None else 0}
+
+    with np.errstate(invalid="ignore"):
+        per_seed_macro = point[:, use].mean(axis=1) if use.any() else np.full(n_seeds, np.nan)
+        boot_macro = _macro(np.where(use[None], boot, np.nan)) if use.any() else np.full(n_resamples, np.nan)
+    return {"per_finding": [entry(point[:, j].mean(), boot[:, j]) for j in range(labels.shape[1])],
+            "macro": entry(per_seed_macro.mean() if use.any() else None, boot_macro),
+            "per_seed_macro": [finite_or_none(v) for v in per_seed_macro],
+            "findings_in_macro": [bool(u) for u in use], "n_seeds": int(n_seeds),
+            "n_resamples": int(n_resamples), "alpha": float(alpha), "seed": int(seed)}

@@ -282,6 +282,53 @@ def cached_dataset(cache: Dict[str, np.ndarray], cfg: TrainConfig):
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+
+def prepare_cached_stage2(model, cfg: TrainConfig) -> None:
+    """Set a loaded stage-1 model up for repeated stage-2 runs (:func:`train_stage2_cached`).
+
+    Why once: re-compiling for every run re-traces the train step (seconds each, more than the
+    training itself on cached features). beta is applied through the KL-scale variable instead (the
+    loss is ``bce + model.beta * kl_scale * kl`` with ``model.beta = 1``), so it changes without a
+    retrace. Used by studies that run stage 2 several ways from one stage-1 model.
+    """
+    import keras
+
+    model.beta = 1.0
+    model.set_stage(2, cfg.freeze)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.stage2_lr))
+
+
+def train_stage2_cached(model, stage1_weights: Sequence[np.ndarray], cache: Dict[str, np.ndarray],
+                        cfg: TrainConfig, beta: Optional[float] = None) -> None:
+    """Stage 2 from ``stage1_weights`` on cached features with a fresh optimizer state.
+
+    ``model`` went through :func:`prepare_cached_stage2`; ``beta`` defaults to ``cfg.beta``. The KL
+    warm-up is the trainer's (``cfg.kl_warmup_epochs``) times beta; no checkpoints (seconds per run).
+    """
+    import keras
+
+    beta = cfg.beta if beta is None else float(beta)
+    model.set_weights(stage1_weights)
+    for v in model.optimizer.variables:   # a fresh Adam: zero moments and step count, same rate
+        if not v.path.endswith("learning_rate"):
+            v.assign(np.zeros(v.shape, v.dtype))
+    model.init_posterior_from_prior()
+    warmup = cfg.kl_warmup_epochs
+    if warmup <= 1:
+        # No ramp: all epochs in one fit() over the repeated, reshuffled data. Why: Keras' per-epoch
+        # overhead exceeds a cached-feature epoch.
+        model.kl_scale.assign(beta)
+        model.fit(cached_dataset(cache, cfg).repeat(cfg.stage2_epochs), epochs=1, verbose=0, shuffle=False)
+        return
+
+    class Warmup(keras.callbacks.Callback):   # the trainer's KL warm-up (_callbacks) x beta
+        def on_epoch_begin(self, epoch, logs=None):
+            model.kl_scale.assign(beta * min(1.0, (epoch + 1) / warmup))
+
+    model.fit(cached_dataset(cache, cfg), epochs=cfg.stage2_epochs, verbose=0, shuffle=False,
+              callbacks=[Warmup()])
+
+
 def learning_rate_for(cfg: TrainConfig, stage: int, scan: Dict[str, Any]):
     """The stage's learning rate: a float, or a cosine decay to 0 over the stage's optimizer steps.
 
