@@ -305,9 +305,15 @@ def export_project(requests_dir: Path, out: Path, title: Optional[str] = None,
 class LabelStudioClient:
     """The few REST calls the round trip needs (stdlib only: runs in either environment)."""
 
-    def __init__(self, url: str, token: str, timeout: float = 60.0, scheme: str = "Token"):
+    def __init__(self, url: str, token: str, timeout: float = 60.0):
         self.url, self.timeout = url.rstrip("/"), timeout
-        self.headers = {"Authorization": f"{scheme} {token}", "Content-Type": "application/json"}
+        self.headers = {"Content-Type": "application/json"}
+        if token.count(".") == 2:
+            # A personal access token (a JWT refresh token): exchange it for a short-lived access token.
+            access = self.call("POST", "/api/token/refresh/", {"refresh": token})["access"]
+            self.headers["Authorization"] = f"Bearer {access}"
+        else:
+            self.headers["Authorization"] = f"Token {token}"  # a legacy token
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
