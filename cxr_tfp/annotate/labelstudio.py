@@ -16,7 +16,7 @@ writes, through staging, a Label Studio project folder::
 The image is served by Label Studio's local-files storage rooted at the raw folder: the task's URL
 is ``/data/local-files/?d=<path relative to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT>`` (start the
 server with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and that document root; ``push`` or the
-UI connects a local-files storage over the raw folder so the server may serve it). Nothing leaves
+UI connects a local-files storage over each span folder so the server may serve its images). Nothing leaves
 the hospital's folder: the tasks hold the image's path inside it, the rank, the reason and the
 model's numbers; no patient identifier beyond the file name the folder already holds.
 
@@ -363,10 +363,19 @@ def push_project(project_dir: Path, url: str, token: str, storage_path: Optional
     client = LabelStudioClient(url, token)
     pid = client.create_project(project["title"], project.get("description", ""),
                                 files[CONFIG_XML].read_text())
-    path = storage_path or project.get("raw_root") or ""
-    storage = client.add_local_storage(pid, path) if path else None
+    raw_root = project.get("raw_root") or ""
+    if storage_path:
+        paths = [storage_path]
+    else:
+        # One storage per span folder holding a requested image: Label Studio refuses a storage
+        # path equal to its document root, which is the raw root in the simplest setup.
+        spans = sorted({str(t["data"].get("cxr_image", "")).split("/")[0] for t in tasks
+                        if "/" in str(t["data"].get("cxr_image", ""))})
+        paths = [os.path.join(raw_root, s) for s in spans] if raw_root else []
+    storages = [client.add_local_storage(pid, p, title=f"raw {Path(p).name}") for p in paths]
     n = client.import_tasks(pid, tasks)
-    return {"project": pid, "tasks": n, "storage": storage, "url": f"{url.rstrip('/')}/projects/{pid}/data"}
+    return {"project": pid, "tasks": n, "storages": storages, "storage_paths": paths,
+            "url": f"{url.rstrip('/')}/projects/{pid}/data"}
 
 
 # --------------------------------------------------------------------------------------- import
@@ -614,7 +623,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL", "http://127.0.0.1:8080"))
     s.add_argument("--token", default=os.environ.get("LABEL_STUDIO_API_KEY"),
                    help="API token (Account & Settings; default $LABEL_STUDIO_API_KEY)")
-    s.add_argument("--storage-path", help="local-files storage path (default: the requests' raw root)")
+    s.add_argument("--storage-path", help="local-files storage path (default: one per span folder of "
+                                         "the requested images, RAW_ROOT/1 ...)")
     i = sub.add_parser("import", help="Label Studio JSON export -> boxes in the next span")
     i.add_argument("--export", required=True, type=Path, help="the project's JSON export")
     i.add_argument("--raw-root", required=True, type=Path, help="the raw folder with span sub-folders")
@@ -638,7 +648,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.token:
             raise UsageError("--token (or LABEL_STUDIO_API_KEY) is required")
         res = push_project(args.project, args.url, args.token, args.storage_path)
-        print(f"project {res['project']}: {res['tasks']} tasks imported; label at {res['url']}")
+        print(f"project {res['project']}: {res['tasks']} tasks imported, images served from "
+              f"{', '.join(res['storage_paths']) or 'no local-files storage'}; label at {res['url']}")
     else:
         s = import_export(args.export, args.raw_root, args.span, args.from_span)
         print(f"span {args.raw_root / s['span']}: {s['boxes_new']} new boxes on {s['images_with_new_boxes']} "
