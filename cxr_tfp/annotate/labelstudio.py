@@ -423,7 +423,7 @@ def _latest_annotation(task: Dict[str, Any], where: str) -> Optional[Dict[str, A
 def read_export(path: Path, image_size) -> Tuple[List[Box], Dict[str, int]]:
     """Boxes from a Label Studio JSON export. ``image_size(rel) -> (w, h)`` gives each image's true size.
 
-    Returns the boxes and counts (tasks, annotated, no_boxes, skipped_unannotated, boxes).
+    Returns the boxes and counts (tasks, annotated, no_boxes, unannotated, boxes, other_results).
     """
     try:
         tasks = json.loads(path.read_text())
@@ -468,7 +468,13 @@ def read_export(path: Path, image_size) -> Tuple[List[Box], Dict[str, int]]:
             except KeyError:
                 raise UsageError(f"{at}.value.rectanglelabels': unknown finding {names[0]!r}") from None
             for key, truth in (("original_width", width), ("original_height", height)):
-                if key in item and item[key] not in (None, "") and int(item[key]) != truth:
+                if item.get(key) in (None, ""):
+                    continue
+                try:
+                    seen = int(float(item[key]))
+                except (TypeError, ValueError):
+                    raise UsageError(f"{at}.{key}' {item[key]!r} is not a number") from None
+                if seen != truth:
                     raise UsageError(f"{at}.{key}' is {item[key]} but {rel} is {width}x{height} pixels "
                                      "(was the image replaced after export?)")
             try:

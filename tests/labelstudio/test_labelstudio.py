@@ -200,6 +200,11 @@ def test_import_never_overwrites_a_span(tmp_path, capsys):
                                     "value": {"x": 1, "y": 1, "width": 2, "height": 2,
                                               "rectanglelabels": ["Mass"]}}]}]}],
      "field 'result[0].original_width' is 1024 but 1/images/00000001_000.png is 64x48"),
+    ([{"id": 7, "data": {"cxr_image": "1/images/00000001_000.png"},
+       "annotations": [{"result": [{"type": "rectanglelabels", "original_width": "wide",
+                                    "value": {"x": 1, "y": 1, "width": 2, "height": 2,
+                                              "rectanglelabels": ["Mass"]}}]}]}],
+     "field 'result[0].original_width' 'wide' is not a number"),
 ])
 def test_import_names_the_file_and_field_of_a_malformed_export(tmp_path, capsys, tasks, message):
     raw, _ = _requests(tmp_path)
