@@ -13,6 +13,7 @@ import sys
 from typing import List, Optional
 
 from cxr_tfp.model_dir import MODEL_NAME, pushed_versions
+from cxr_tfp.cli import cli_main
 
 TEMPLATE = """\
 # Rendered by serving/render_models_config.py from {source} (versions found: {versions}).
@@ -54,6 +55,7 @@ def render(base_path: str, model_name: str = MODEL_NAME, container_base_path: Op
                            stable=stable, canary=canary)
 
 
+@cli_main
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     p.add_argument("--base_path", required=True, help="host folder <serving_root>/<model_name>")
