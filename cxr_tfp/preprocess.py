@@ -146,8 +146,56 @@ def check_serialized_examples(examples):
                              tf.logical_and(tf.equal(head[0], 10), tf.equal(1 + nbytes + length, tf.cast(n, tf.int64))))
 
     ok = tf.map_fn(one, examples, fn_output_signature=tf.bool)
-    return tf.debugging.assert_equal(tf.reduce_all(ok), True,
-                                     message="examples: input is not a serialized tf.Example")
+    framed = tf.debugging.assert_equal(tf.reduce_all(ok), True,
+                                       message="examples: input is not a serialized tf.Example")
+    with tf.control_dependencies([framed]):
+        return _check_example_structure(examples)
+
+
+# tf.Example's nesting (tensorflow/core/example/{example,feature}.proto): message -> its fields.
+_EXAMPLE_LEVELS = (
+    ("tensorflow.Example", ("features",)),
+    ("tensorflow.Features", ("feature",)),
+    ("tensorflow.Features.FeatureEntry", ("key", "value")),
+    ("tensorflow.Feature", ("bytes_list", "float_list", "int64_list")),
+)
+_LEAVES = (("tensorflow.BytesList", "string"), ("tensorflow.FloatList", "float32"),
+           ("tensorflow.Int64List", "int64"))
+
+
+def _check_example_structure(examples):
+    """Decode every level of each tf.Example with ``tf.io.decode_proto`` before ``parse_example`` sees it.
+
+    Why: a crafted message that passes the framing check but is malformed inside made
+    ``parse_example`` quote its bytes in the error (it can carry identifiers, and the quote broke the
+    error's UTF-8). ``decode_proto`` fails on the same messages with ``DATA_LOSS`` "Failed to consume
+    entire buffer", naming the op (``examples_not_a_serialized_tf_Example_<level>``), never a byte.
+    """
+    import tensorflow as tf
+
+    def flat(decoded, i):
+        v, n = decoded.values[i], decoded.sizes[:, i]
+        return tf.boolean_mask(v, tf.sequence_mask(n, tf.shape(v)[1]))
+
+    def padded(msgs):      # decode_proto refuses an empty batch; b"" is a valid empty message
+        return tf.concat([msgs, tf.constant([b""])], axis=0)
+
+    level = tf.reshape(examples, [-1])
+    lists, decoded = None, []
+    for depth, (message, fields) in enumerate(_EXAMPLE_LEVELS):
+        d = tf.io.decode_proto(padded(level), message, list(fields), [tf.string] * len(fields),
+                               name=f"examples_not_a_serialized_tf_Example_{depth}")
+        decoded.append(d.sizes)
+        if message == "tensorflow.Feature":
+            lists = [flat(d, i) for i in range(3)]
+        else:
+            level = flat(d, len(fields) - 1)      # the nested message (FeatureEntry: its value)
+    for lst, (leaf, dtype) in zip(lists, _LEAVES):
+        decoded.append(tf.io.decode_proto(padded(lst), leaf, ["value"], [tf.as_dtype(dtype)],
+                                          name=f"examples_not_a_serialized_tf_Example_{leaf.split('.')[-1]}").sizes)
+    # the values themselves (not only shapes) are consumed, so no decode can be pruned from the graph
+    return tf.debugging.assert_non_negative(tf.add_n([tf.reduce_sum(x) for x in decoded]),
+                                            message="examples: input is not a serialized tf.Example")
 
 
 def decode_map(encoded, size: int):
