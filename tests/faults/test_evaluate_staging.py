@@ -15,8 +15,8 @@ def data(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("evaldata"))
 
 
-def _run(data, out):
-    return E.evaluate(StubAdapter("s", 0.5, saliency=False), str(data), str(out),
+def _run(data, out, name="s"):
+    return E.evaluate(StubAdapter(name, 0.5, saliency=False), str(data), str(out),
                       options=E.EvalOptions(n_resamples=20), figures=False)
 
 
@@ -33,7 +33,7 @@ def test_a_failed_evaluation_leaves_the_previous_report(data, tmp_path, monkeypa
 
     monkeypatch.setattr(MDN, "write_report", full_disk)
     with pytest.raises(OSError):
-        _run(data, out)
+        _run(data, out, name="another model")     # its metrics.json would differ from the first
     assert snapshot(out) == before and leftovers(tmp_path) == []
 
 
