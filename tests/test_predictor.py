@@ -52,7 +52,8 @@ def test_three_lines_keras_and_saved_model_agree(saved, nih_images, shared_data)
     table = cxr_tfp.load(str(out / "model.keras")).predict(files)
     assert isinstance(table, pd.DataFrame) and list(table.index) == files
     assert table.columns.names == ["finding", "field"]
-    assert set(table.columns.get_level_values(0)) == {"Cardiomegaly", "Effusion", "Mass", "Nodule"}
+    assert set(table.columns.get_level_values(0)) == {"Cardiomegaly", "Effusion", "Mass", "Nodule", "error"}
+    assert table["error"].isna().all()                  # every input was usable
     probs = table.xs("probability", axis=1, level="field")
     assert ((probs >= 0) & (probs <= 1)).all().all()
     assert (table.xs("uncertainty", axis=1, level="field") >= 0).all().all()

@@ -6,6 +6,7 @@ rows of zeros, so a 20000 x 20000 PNG costs ~400 KB and ~1 s to make.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -103,8 +104,7 @@ def dicom_with(arr=None, **header) -> bytes:
 # ---------------------------------------------------------------------------- torch checkpoints
 # Crafted without torch: a pickler that writes the globals and persistent ids torch.save writes
 # (torch._utils._rebuild_tensor_v2, torch.FloatStorage, ('storage', type, key, 'cpu', numel)).
-FIXTURE_TXRV = __import__("os").path.join(__import__("os").path.dirname(__import__("os").path.dirname(
-    __import__("os").path.abspath(__file__))), "fixtures", "txrv")
+FIXTURE_TXRV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "txrv")
 
 
 class FakeStorage:
@@ -197,8 +197,6 @@ def _legacy_head() -> bytes:
 
 
 def _fixture(name: str) -> bytes:
-    import os
-
     with open(os.path.join(FIXTURE_TXRV, name), "rb") as fh:
         return fh.read()
 

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 
 import cxr_tfp
-from cxr_tfp import features as F
 from cxr_tfp.predictor import InputCheckError, check_inputs
 from tests.faults.hostile import garbage, png_header_only, small_png
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, monkeypatch_module=None):
+def tiny(tmp_path_factory):
     """The tiny closed-form SavedModel, exported with an in-graph pixel limit of 2,000 (env at trace)."""
     from tests.serving import tiny_model
 
@@ -104,4 +103,3 @@ def test_one_bad_input_keeps_the_good_results_and_names_the_graphs_refusal(tiny,
         tiny.predict(inputs, errors="raise")
     with pytest.raises(InputCheckError, match=r"^bytes\[0\]: image: more pixels than the limit of 2000"):
         tiny.predict([over_graph_limit], errors="raise")
-    assert F  # noqa: the feature module is the one place for names
