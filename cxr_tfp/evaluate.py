@@ -420,7 +420,41 @@ def compare_metrics(a: Predictions, b: Predictions, opts: EvalOptions) -> Dict[s
 
 
 # --------------------------------------------------------------------------------------- top level
-def evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str = F.TEST_SPLIT,
+REPORT_MARKERS = ("metrics.json", "report.md")   # what makes a folder an earlier evaluation's
+
+
+def evaluate(model: Union[str, ModelAdapter], data: str, out: str, **kwargs) -> Dict[str, object]:
+    """Evaluate (see :func:`_evaluate` for the arguments) into a staging folder beside ``out`` and swap it
+    in complete (:mod:`cxr_tfp.staging`): a failed or killed evaluation leaves the previous report as it
+    was; a second evaluation into the same ``out`` is refused; a symlinked ``out`` is written where it
+    points; a folder that is not an earlier report (and not empty) is never replaced."""
+    import shutil
+
+    from cxr_tfp import staging as S
+    from cxr_tfp.cli import UsageError
+
+    out_dir = S.real_out(out)
+    with S.OutputLock(out_dir, "evaluation"):
+        S.recover(out_dir)
+        if out_dir.exists():
+            if not out_dir.is_dir():
+                raise UsageError(f"--out {out}: exists and is not a folder")
+            entries = sorted(p.name for p in out_dir.iterdir())
+            if entries and not all((out_dir / m).is_file() for m in REPORT_MARKERS):
+                raise UsageError(f"refusing to replace {out}: it holds {', '.join(entries[:3])}"
+                                 f"{' ...' if len(entries) > 3 else ''} and is not an earlier report; "
+                                 f"choose an empty or new output folder")
+        stage = S.make_staging(out_dir)
+        try:
+            result = _evaluate(model, data, str(stage), **kwargs)
+            S.swap_in(stage, out_dir)
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+    return result
+
+
+def _evaluate(model: Union[str, ModelAdapter], data: str, out: str, *, split: str = F.TEST_SPLIT,
              compare: Union[None, str, ModelAdapter] = None, threshold_split: Optional[str] = F.EVAL_SPLIT,
              options: Optional[EvalOptions] = None, batch_size: int = 32, num_samples: Optional[int] = None,
              saliency: bool = True, max_saliency: Optional[int] = None, n_examples: int = 6,

@@ -13,7 +13,11 @@ Hostile input (the serving signature takes bytes from the network), checked befo
 - colour rule, the same as the ingestion (:func:`cxr_tfp.io.images._to_uint8_grey`): a grey image
   stored as RGB(A) is converted to its grey value; a *colour* picture (mean ``|R-G| + |G-B|`` above
   :data:`cxr_tfp.io.images.COLOUR_TOLERANCE` on the 0-255 scale) is rejected; an alpha channel is
-  dropped.
+  dropped;
+- 16-bit rule, the same as the ingestion and the predictor (:func:`cxr_tfp.io.images.stretch_to_uint8`):
+  a 16-bit grey PNG (what hospitals export) is stretched from its own min..max to 0..255 and rounded
+  to 8 bits, not rescaled by its bit depth (a 12-bit image in a 16-bit file would come out nearly
+  black); 16-bit colour PNGs keep their high byte in both (Pillow and ``tf.io.decode_png``).
 """
 from __future__ import annotations
 
@@ -69,12 +73,35 @@ def decode_image_tensor(encoded, size: int, max_pixels=None):
         message=f"image: more pixels than the limit of {limit} (width x height from the header); "
                 f"rejected before decoding")
     with tf.control_dependencies([size_ok]):
-        img = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
+        img = tf.cond(is_png_grey16(encoded), lambda: _decode_grey16(encoded),
+                      lambda: tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8))
     img.set_shape([None, None, None])
     img = _grey(img, COLOUR_TOLERANCE)
     img = tf.image.resize(tf.cast(img, tf.float32) / 255.0, [size, size], method="bilinear",
                           antialias=True)
     return tf.clip_by_value(img, 0.0, 1.0)
+
+
+def is_png_grey16(encoded):
+    """True for a PNG whose IHDR says bit depth 16, colour type 0 (grey): read from the header only."""
+    import tensorflow as tf
+
+    head = tf.strings.substr(encoded, 0, 26) + tf.constant(b"\x00" * 26)
+    depth_type = tf.io.decode_raw(tf.strings.substr(head, 24, 2), tf.uint8)
+    return tf.logical_and(tf.equal(tf.strings.substr(head, 0, 8), PNG_MAGIC),
+                          tf.reduce_all(tf.equal(depth_type, tf.constant([16, 0], tf.uint8))))
+
+
+def _decode_grey16(encoded):
+    """16-bit grey PNG -> uint8 [H, W, 1] by the 16-bit rule (module docstring): float64 and
+    round-half-to-even, exactly as numpy does it in the ingestion."""
+    import tensorflow as tf
+
+    x = tf.cast(tf.io.decode_png(encoded, channels=1, dtype=tf.uint16), tf.float64)
+    lo, hi = tf.reduce_min(x), tf.reduce_max(x)
+    span = tf.maximum(hi - lo, 1.0)
+    out = tf.where(hi > lo, tf.round((x - lo) / span * 255.0), tf.zeros_like(x))
+    return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
 
 
 def _grey(img, tolerance: float):
@@ -119,8 +146,56 @@ def check_serialized_examples(examples):
                              tf.logical_and(tf.equal(head[0], 10), tf.equal(1 + nbytes + length, tf.cast(n, tf.int64))))
 
     ok = tf.map_fn(one, examples, fn_output_signature=tf.bool)
-    return tf.debugging.assert_equal(tf.reduce_all(ok), True,
-                                     message="examples: input is not a serialized tf.Example")
+    framed = tf.debugging.assert_equal(tf.reduce_all(ok), True,
+                                       message="examples: input is not a serialized tf.Example")
+    with tf.control_dependencies([framed]):
+        return _check_example_structure(examples)
+
+
+# tf.Example's nesting (tensorflow/core/example/{example,feature}.proto): message -> its fields.
+_EXAMPLE_LEVELS = (
+    ("tensorflow.Example", ("features",)),
+    ("tensorflow.Features", ("feature",)),
+    ("tensorflow.Features.FeatureEntry", ("key", "value")),
+    ("tensorflow.Feature", ("bytes_list", "float_list", "int64_list")),
+)
+_LEAVES = (("tensorflow.BytesList", "string"), ("tensorflow.FloatList", "float32"),
+           ("tensorflow.Int64List", "int64"))
+
+
+def _check_example_structure(examples):
+    """Decode every level of each tf.Example with ``tf.io.decode_proto`` before ``parse_example`` sees it.
+
+    Why: a crafted message that passes the framing check but is malformed inside made
+    ``parse_example`` quote its bytes in the error (it can carry identifiers, and the quote broke the
+    error's UTF-8). ``decode_proto`` fails on the same messages with ``DATA_LOSS`` "Failed to consume
+    entire buffer", naming the op (``examples_not_a_serialized_tf_Example_<level>``), never a byte.
+    """
+    import tensorflow as tf
+
+    def flat(decoded, i):
+        v, n = decoded.values[i], decoded.sizes[:, i]
+        return tf.boolean_mask(v, tf.sequence_mask(n, tf.shape(v)[1]))
+
+    def padded(msgs):      # decode_proto refuses an empty batch; b"" is a valid empty message
+        return tf.concat([msgs, tf.constant([b""])], axis=0)
+
+    level = tf.reshape(examples, [-1])
+    lists, decoded = None, []
+    for depth, (message, fields) in enumerate(_EXAMPLE_LEVELS):
+        d = tf.io.decode_proto(padded(level), message, list(fields), [tf.string] * len(fields),
+                               name=f"examples_not_a_serialized_tf_Example_{depth}")
+        decoded.append(d.sizes)
+        if message == "tensorflow.Feature":
+            lists = [flat(d, i) for i in range(3)]
+        else:
+            level = flat(d, len(fields) - 1)      # the nested message (FeatureEntry: its value)
+    for lst, (leaf, dtype) in zip(lists, _LEAVES):
+        decoded.append(tf.io.decode_proto(padded(lst), leaf, ["value"], [tf.as_dtype(dtype)],
+                                          name=f"examples_not_a_serialized_tf_Example_{leaf.split('.')[-1]}").sizes)
+    # the values themselves (not only shapes) are consumed, so no decode can be pruned from the graph
+    return tf.debugging.assert_non_negative(tf.add_n([tf.reduce_sum(x) for x in decoded]),
+                                            message="examples: input is not a serialized tf.Example")
 
 
 def decode_map(encoded, size: int):

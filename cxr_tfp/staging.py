@@ -46,7 +46,23 @@ class OutputLockedError(RuntimeFailure):
     """Another live process is writing the same output."""
 
 
+def real_out(out: PathLike) -> Path:
+    """The folder an output path really names: a symlinked ``--out`` (or a symlinked folder above it)
+    is resolved, so a build writes where the link points and keeps the link, and the lock, staging
+    folder and swap all sit beside the real folder (one lock whichever path names it). A dangling
+    link resolves to its target (created by the build); a symlink loop is a :class:`UsageError`."""
+    p = Path(out).expanduser().absolute()
+    try:
+        os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{out}: symbolic link loop (the link points back to itself); fix the link or "
+                             f"choose another output folder") from None
+    return Path(os.path.realpath(p))
+
+
 def _sibling(out: Path, suffix: str) -> Path:
+    out = real_out(out)
     return out.parent / f".{out.name}.{suffix}"
 
 
@@ -89,7 +105,7 @@ class OutputLock:
     """Exclusive writer lock for an output folder (see module docstring). Use as a context manager."""
 
     def __init__(self, out: PathLike, what: str = "run"):
-        self.out = Path(out).expanduser().absolute()
+        self.out = real_out(out)
         self.path = lock_path(self.out)
         self.what = what
         self.fd: Optional[int] = None
@@ -180,7 +196,7 @@ def _fsync_dir(path: Path) -> None:
 
 def recover(out: PathLike) -> List[str]:
     """Repair what a killed run left beside ``out`` (call under :class:`OutputLock`); returns notes."""
-    out = Path(out)
+    out = real_out(out)
     notes = []
     prev, stage = previous_path(out), staging_path(out)
     if prev.exists():
@@ -198,7 +214,7 @@ def recover(out: PathLike) -> List[str]:
 
 def check_replaceable(out: PathLike, allowed: Iterable[str]) -> None:
     """Refuse to replace ``out`` if it holds anything but ``allowed`` entries (nothing lost)."""
-    out = Path(out)
+    out = real_out(out)
     if not out.exists():
         return
     if not out.is_dir():
@@ -231,7 +247,7 @@ def _umask() -> int:
 def swap_in(stage: PathLike, out: PathLike, publish_mode: Optional[int] = None) -> None:
     """Replace ``out`` by ``stage`` (see module docstring); ``stage`` gets ``publish_mode`` first
     (default: what a new folder gets under the current umask)."""
-    stage, out = Path(stage), Path(out)
+    stage, out = Path(stage), real_out(out)
     os.chmod(stage, (0o777 & ~_umask()) if publish_mode is None else publish_mode)
     _fsync_dir(stage)
     prev = previous_path(out)

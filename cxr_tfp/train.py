@@ -661,6 +661,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, overrides_from_args(args))
+        check_weights_spec(cfg.weights)   # a bad --weights file is named before any data is read
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,14 @@ The salt is a secret: it is never a parameter. The executor reads it where it ru
 (``CXR_TFP_SALT`` or the mounted file named by ``CXR_TFP_SALT_FILE``, see :mod:`cxr_tfp.privacy`);
 the component may carry the expected *fingerprint*, and the run fails when the salt in force has
 another one (a container without the secret would otherwise build with the public default).
+
+A salt series: every span must be built with the salt of the spans before it, or patients change
+split between spans and their keys no longer join. The executor compares the salt in force with the
+fingerprint of the latest earlier Examples artifact of this component (its ``salt_fingerprint``
+property, mirrored in that artifact's ``summary.json``) and refuses a different one by default,
+naming both fingerprints. ``CXR_TFP_NEW_SALT_SERIES=1`` in the component's environment starts a new
+series deliberately (recorded as ``salt_series: "new"`` in the summary); the spans after it are
+compared with the new salt.
 """
 from __future__ import annotations
 
@@ -48,6 +56,48 @@ TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".json", ".jsonl", ".txt")
 DEAD_LETTERS = "dead_letters.jsonl"
 SUMMARY = "summary.json"
 PARAMS_TYPE = "type.googleapis.com/google.protobuf.Struct"
+NEW_SALT_SERIES_ENV = "CXR_TFP_NEW_SALT_SERIES"
+
+
+def earlier_salt_fingerprint(examples_uri: str) -> Optional[Dict[str, str]]:
+    """``{"fingerprint", "uri"}`` of the latest earlier, successful Examples artifact of the component
+    that writes ``examples_uri`` (TFX puts each execution's output in a sibling folder named by its
+    execution id, each with the ``summary.json`` this executor writes), or None for a first build."""
+    here = Path(examples_uri)
+    best = None
+    try:
+        siblings = [d for d in here.parent.iterdir() if d.is_dir() and d.name != here.name]
+    except OSError:
+        return None
+    for d in siblings:
+        try:
+            summary = json.loads((d / SUMMARY).read_text())
+        except (OSError, ValueError):
+            continue
+        fp = summary.get("salt_fingerprint") if isinstance(summary, dict) else None
+        if not fp or summary.get("status", "ok") != "ok":
+            continue
+        rank = (int(d.name) if d.name.isdigit() else -1, (d / SUMMARY).stat().st_mtime)
+        if best is None or rank > best[0]:
+            best = (rank, {"fingerprint": str(fp), "uri": str(d)})
+    return best[1] if best else None
+
+
+def check_salt_series(examples_uri: str, fingerprint: str) -> str:
+    """Refuse a salt other than the earlier spans' (module doc); returns ``"same"``, ``"first"`` or
+    ``"new"`` (a new series started with ``CXR_TFP_NEW_SALT_SERIES=1``)."""
+    earlier = earlier_salt_fingerprint(examples_uri)
+    if earlier is None:
+        return "first"
+    if earlier["fingerprint"] == fingerprint:
+        return "same"
+    if os.environ.get(NEW_SALT_SERIES_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return "new"
+    raise ValueError(
+        f"the salt in force has fingerprint {fingerprint}, the earlier spans were built with fingerprint "
+        f"{earlier['fingerprint']} ({earlier['uri']}): patients would change split between spans and "
+        f"their keys would no longer join; restore that salt (CXR_TFP_SALT or CXR_TFP_SALT_FILE), or set "
+        f"{NEW_SALT_SERIES_ENV}=1 to start a new series deliberately")
 
 
 # ------------------------------------------------------------------------------------- component
@@ -162,10 +212,11 @@ class Executor(BaseExampleGenExecutor):
             raise ValueError(f"the salt in force has fingerprint {fingerprint}, the pipeline expects "
                              f"{expected}: set CXR_TFP_SALT or CXR_TFP_SALT_FILE in this component's "
                              f"environment")
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        series = check_salt_series(examples.uri, fingerprint)   # before any input is read
         cfg, opts, extra = B.parse_options(params["dataset"], params["image_size"], dict(params["options"]))
         adapter, records, pre_rejected = B.read_inputs(params["dataset"], root, cfg, opts)
 
-        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
         uri = examples.uri
         scratch = Path(uri) / ".scratch"
@@ -209,6 +260,7 @@ class Executor(BaseExampleGenExecutor):
         summary["span"] = int(exec_properties.get("span") or 0)
         table_sum = tables_checksum(root, [opts.get("label_table") or "", opts.get("labels_csv") or ""])
         summary["label_tables_sha256"] = table_sum
+        summary["salt_fingerprint"], summary["salt_series"] = fingerprint, series
         A.write_dead_letters(Path(uri), [A.rejected_line(r, params["dataset"]) for r in pre_rejected]
                               + worker_dead, extra["redact_sources"], cfg.salt)
         assert summary["in"] == summary["written"] + summary["rejected"], "accounting bug"

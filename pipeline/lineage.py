@@ -17,7 +17,11 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
+from cxr_tfp.cli import UsageError, cli_main
 from pipeline.run_report import STATE_NAMES, _store
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_MLMD_TABLES = {"Type", "Artifact", "Execution", "Event", "Context"}
 
 _INPUT, _OUTPUT = (3, 1), (4, 2)   # Event.INPUT / DECLARED_INPUT, Event.OUTPUT / DECLARED_OUTPUT
 _DONE = {"COMPLETE": 0, "CACHED": 1}
@@ -128,6 +132,44 @@ def format_lineage(info: Dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def open_store(metadata_path: str):
+    """The read-only ML Metadata store at ``metadata_path``; :class:`UsageError` naming the file when it
+    is missing, a folder, empty, not SQLite, or an SQLite file without ML Metadata's tables (checked
+    with sqlite3 before ML Metadata opens it: its own errors are multi-line SQL)."""
+    import sqlite3
+
+    what = f"--metadata {metadata_path}"
+    if os.path.isdir(metadata_path):
+        raise UsageError(f"{what}: is a folder, not an ML Metadata store (an SQLite file, e.g. "
+                         f"PIPELINE_ROOT/metadata.sqlite)")
+    if not os.path.isfile(metadata_path):
+        raise UsageError(f"{what}: no such file (no ML Metadata store there)")
+    with open(metadata_path, "rb") as fh:
+        head = fh.read(len(_SQLITE_MAGIC))
+    if not head:
+        raise UsageError(f"{what}: empty file, not an ML Metadata store")
+    if head != _SQLITE_MAGIC:
+        raise UsageError(f"{what}: not an ML Metadata store (not an SQLite file)")
+    try:
+        con = sqlite3.connect(f"file:{metadata_path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise UsageError(f"{what}: not a readable ML Metadata store (SQLite: {exc})") from None
+    missing = sorted(_MLMD_TABLES - tables)
+    if missing:
+        raise UsageError(f"{what}: an SQLite file but not an ML Metadata store (no {', '.join(missing)} "
+                         f"table{'s' if len(missing) > 1 else ''})")
+    try:
+        return _store(metadata_path)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{what}: ML Metadata cannot open it ({first[:160]})") from None
+
+
+@cli_main
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.lineage", description=__doc__.split("\n\n")[0])
     p.add_argument("version", help="served version (folder name under the push base) or its path")
@@ -140,7 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         a.metadata = configs.PipelineSettings.from_env().resolved_metadata_path
     try:
-        info = lineage(_store(a.metadata), a.version)
+        info = lineage(open_store(a.metadata), a.version)
     except (LookupError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

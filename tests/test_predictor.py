@@ -52,7 +52,8 @@ def test_three_lines_keras_and_saved_model_agree(saved, nih_images, shared_data)
     table = cxr_tfp.load(str(out / "model.keras")).predict(files)
     assert isinstance(table, pd.DataFrame) and list(table.index) == files
     assert table.columns.names == ["finding", "field"]
-    assert set(table.columns.get_level_values(0)) == {"Cardiomegaly", "Effusion", "Mass", "Nodule"}
+    assert set(table.columns.get_level_values(0)) == {"Cardiomegaly", "Effusion", "Mass", "Nodule", "error"}
+    assert table["error"].isna().all()                  # every input was usable
     probs = table.xs("probability", axis=1, level="field")
     assert ((probs >= 0) & (probs <= 1)).all().all()
     assert (table.xs("uncertainty", axis=1, level="field") >= 0).all().all()
@@ -87,7 +88,20 @@ def test_bytes_and_arrays_give_the_file_result(keras_predictor, nih_images):
 ])
 def test_bad_inputs_are_named(keras_predictor, item, msg):
     with pytest.raises(InputCheckError, match=msg):
-        keras_predictor.predict([item])
+        keras_predictor.predict([item], errors="raise")
+
+
+def test_a_bad_input_costs_only_its_own_row(keras_predictor, nih_images):
+    """errors="row" (default): the good rows keep their results, the bad one has NaN and its reason."""
+    with pytest.warns(UserWarning, match=r"1 of 3 inputs could not be used \(first: bytes\[1\]"):
+        t = keras_predictor.predict([nih_images[0], b"not an image", nih_images[1]])
+    alone = keras_predictor.predict(nih_images[:2])
+    probs = t.xs("probability", axis=1, level="field")
+    np.testing.assert_allclose(probs.iloc[[0, 2]].to_numpy(), alone.xs("probability", axis=1, level="field"),
+                               atol=1e-5)
+    assert probs.iloc[1].isna().all() and t["error"].iloc[1].startswith("bytes[1]: ")
+    assert t["error"].isna().tolist() == [True, False, True]
+    assert list(t.attrs["errors"]) == ["bytes[1]"]
 
 
 def test_load_names_a_wrong_path(tmp_path):

@@ -56,17 +56,24 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and bytes(data[128:132]) == b"DICM"
 
 
+def stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """The 16-bit rule: an image with more than 8 bits per pixel -> uint8, its own min..max stretched
+    to 0..255 (round half to even). The same rule runs in TF for 16-bit PNGs sent to the serving
+    signatures and the predictor (:func:`cxr_tfp.preprocess.decode_image_tensor`)."""
+    arr = np.asarray(arr, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.clip(np.round((arr - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
 def _to_uint8_grey(img) -> np.ndarray:
     """A loaded Pillow image -> 2-D uint8, rejecting colour pictures."""
     mode = img.mode
     if mode in ("1", "L"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        if hi <= lo:
-            return np.zeros(arr.shape, np.uint8)
-        return np.clip(np.round((arr - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+        return stretch_to_uint8(np.asarray(img))
     if mode == "LA":
         return np.asarray(img.convert("L"), dtype=np.uint8)
     # P, RGB, RGBA, CMYK, YCbCr...: grey stored as colour is fine, a colour picture is not.

@@ -229,6 +229,7 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
 
     from cxr_tfp import staging as S
 
+    out = S.real_out(out)   # a symlinked --out: write where it points, keep the link
     # Owner-only (umask 077) for everything the build creates: the records hold medical images.
     with S.OutputLock(out, "build"), S.owner_only_umask():
         for note in S.recover(out):

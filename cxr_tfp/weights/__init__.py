@@ -85,8 +85,19 @@ def check_weights_spec(spec: Optional[str]) -> None:
     if not spec or spec == "imagenet":
         return
     if spec.startswith(TXRV_PREFIX):
-        if not os.path.isfile(spec[len(TXRV_PREFIX):]):
-            raise WeightsError(f"weights: torchxrayvision checkpoint not found: {spec[len(TXRV_PREFIX):]}")
+        path = spec[len(TXRV_PREFIX):]
+        if not os.path.isfile(path):
+            raise WeightsError(f"weights: torchxrayvision checkpoint not found: {path}"
+                               + (" (a folder)" if os.path.isdir(path) else ""))
+        # Read it now (numpy only, bounded: cxr_tfp.weights.torch_file) so a bad file is named before
+        # any data is read or a model is built.
+        from cxr_tfp.weights.torchxrayvision import read_txrv
+        from cxr_tfp.weights.torch_file import CheckpointFormatError
+
+        try:
+            read_txrv(path)
+        except (FileNotFoundError, CheckpointFormatError) as exc:
+            raise WeightsError(f"weights: {exc}") from None
     elif os.path.isdir(spec):
         if not os.path.isfile(os.path.join(spec, "config.json")):
             raise WeightsError(f"weights: {spec} has no config.json (not a keras-hub preset folder)")

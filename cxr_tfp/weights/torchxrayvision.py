@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cxr_tfp.weights.torch_file import CheckpointFormatError, load_checkpoint, state_dict_of
+from cxr_tfp.weights.torch_file import CheckpointFormatError, load_checkpoint, not_readable, state_dict_of
 
 # torchxrayvision.datasets.default_pathologies: the 18 outputs of its DenseNet, in order.
 DEFAULT_PATHOLOGIES: Tuple[str, ...] = (
@@ -58,13 +58,28 @@ def _normalise_keys(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return out
 
 
-def read_txrv(path: str) -> TxrvCheckpoint:
-    """Read and check a torchxrayvision DenseNet checkpoint (whole model or state dict, any format)."""
+def read_txrv(path: str, max_bytes: Optional[int] = None) -> TxrvCheckpoint:
+    """Read and check a torchxrayvision DenseNet checkpoint (whole model or state dict, any format).
+
+    Anything but a usable DenseNet checkpoint raises :class:`CheckpointFormatError` with one line
+    naming the file (``FileNotFoundError`` for a missing path)."""
+    obj = load_checkpoint(path, max_bytes)
+    try:
+        return _read_txrv(obj, path)
+    except RecursionError:
+        raise CheckpointFormatError(not_readable(path, "nested too deeply")) from None
+    except Exception as exc:  # noqa: BLE001  (a hostile structure: one named line, never a traceback)
+        reason = str(exc) if isinstance(exc, CheckpointFormatError) else f"{type(exc).__name__}: {exc}"
+        raise CheckpointFormatError(not_readable(path, reason)) from None
+
+
+def _read_txrv(obj, path: str) -> TxrvCheckpoint:
     what = f"torchxrayvision checkpoint {path}"
-    state, attrs = state_dict_of(load_checkpoint(path), what)
+    state, attrs = state_dict_of(obj, what)
     state = _normalise_keys(state)
     if "features.conv0.weight" not in state or "features.norm5.weight" not in state:
-        raise CheckpointFormatError(f"{what}: not a DenseNet (no features.conv0 / features.norm5 weights)")
+        raise CheckpointFormatError(f"{what}: not a torchxrayvision DenseNet (no features.conv0 / "
+                                    f"features.norm5 weights)")
     repeats: List[int] = []
     block = 1
     while any(k.startswith(f"features.denseblock{block}.") for k in state):
@@ -165,10 +180,8 @@ def load_txrv_into(backbone, path: str) -> TxrvCheckpoint:
 
     try:
         ckpt = read_txrv(path)
-    except FileNotFoundError as exc:
-        raise WeightsError(str(exc)) from None
-    except (CheckpointFormatError, pickle.UnpicklingError, EOFError) as exc:
-        raise WeightsError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    except (FileNotFoundError, CheckpointFormatError, pickle.UnpicklingError) as exc:
+        raise WeightsError(f"weights: {exc}") from None
     convert_into(backbone, ckpt)
     return ckpt
 
@@ -200,8 +213,8 @@ def build_classifier(path: str, image_size: int = 224):
 
     try:
         ckpt = read_txrv(path)
-    except (CheckpointFormatError, EOFError) as exc:
-        raise WeightsError(str(exc).splitlines()[0]) from None
+    except (FileNotFoundError, CheckpointFormatError) as exc:
+        raise WeightsError(f"weights: {exc}") from None
     backbone = CxrDenseNetBackbone(ckpt.repeats, ckpt.growth_rate, ckpt.stem_filters,
                                    image_shape=(image_size, image_size, ckpt.in_channels), name="txrv_densenet")
     convert_into(backbone, ckpt)

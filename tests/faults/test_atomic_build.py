@@ -224,3 +224,46 @@ def test_full_disk_fails_in_one_line_and_keeps_the_previous_build(root, first_bu
     # the next run (no limit) cleans what the failed one left and succeeds
     s = B.build("synthetic", root, out, image_size=16, workers=1, progress=False)
     assert s["status"] == "ok" and leftovers(out.parent) == []
+
+
+def test_symlinked_out_is_written_where_it_points_and_kept(root, tmp_path):
+    """--out a symlink to the real storage (dangling at first): the build writes into the target, the
+    link stays a link, and a rebuild works (was: the link replaced by a folder, then every rebuild
+    failing with 'Cannot call rmtree on a symbolic link' and leaving .out.staging behind)."""
+    storage, links = tmp_path / "storage", tmp_path / "links"
+    storage.mkdir()
+    links.mkdir()
+    link = links / "records"
+    link.symlink_to(storage / "records")
+    for size in (16, 20):
+        s = B.build("synthetic", root, link, image_size=size, workers=1, progress=False)
+        assert s["image_size"] == size
+        assert link.is_symlink() and os.readlink(link) == str(storage / "records")
+        assert json.loads((storage / "records" / "summary.json").read_text())["image_size"] == size
+        assert leftovers(storage) == [] and leftovers(links) == []
+    # one lock whichever path names the output; a loop is named
+    assert S.OutputLock(link).path == S.OutputLock(storage / "records").path == storage / ".records.lock"
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(S.UsageError, match="symbolic link loop"):
+        B.build("synthetic", root, loop, image_size=16, workers=1, progress=False)
+
+
+def test_symlinked_training_out_and_export_keep_the_link(tmp_path):
+    real = tmp_path / "disk" / "run"
+    real.mkdir(parents=True)
+    link = tmp_path / "run"
+    link.symlink_to(real)
+    with S.OutputLock(link, "training") as lock:
+        assert lock.path == real.parent / ".run.lock"
+        with pytest.raises(S.OutputLockedError):
+            S.OutputLock(real, "training").acquire()
+    # an export (staging + swap) into a symlinked saved_model folder
+    target = tmp_path / "disk" / "sm"
+    (link / "saved_model").symlink_to(target)
+    for content in ("one", "two"):
+        stage = S.make_staging(link / "saved_model")
+        (stage / "saved_model.pb").write_text(content)
+        S.swap_in(stage, link / "saved_model")
+        assert (link / "saved_model").is_symlink() and (target / "saved_model.pb").read_text() == content
+    assert leftovers(tmp_path / "disk") == [] and leftovers(real) == []

@@ -70,7 +70,8 @@ def test_every_cli_main_is_wrapped():
     import importlib
 
     for mod in ("cxr_tfp.records.build", "cxr_tfp.train", "cxr_tfp.evaluate", "cxr_tfp.client",
-                "cxr_tfp.export", "serving.standin", "pipeline.demo"):
+                "cxr_tfp.export", "serving.standin", "pipeline.demo", "pipeline.lineage",
+                "serving.render_models_config"):
         assert hasattr(importlib.import_module(mod).main, "unwrapped"), mod
     for runner in ("pipeline/local_runner.py", "pipeline/kubeflow_v2_runner.py"):
         assert "cxr_tfp.cli import run" in (REPO / runner).read_text(), runner
