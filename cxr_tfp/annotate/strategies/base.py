@@ -45,7 +45,8 @@ class Scores:
         n, L = len(self.probabilities), len(self.findings)
         self.probabilities = np.asarray(self.probabilities, np.float64).reshape(n, L)
         self.uncertainty = np.asarray(self.uncertainty, np.float64).reshape(n, L)
-        self.embedding = np.asarray(self.embedding, np.float64).reshape(n, -1)
+        emb = np.asarray(self.embedding, np.float64)
+        self.embedding = emb.reshape(n, -1) if n else emb.reshape(0, emb.shape[-1] if emb.ndim > 1 else 0)
 
     def __len__(self) -> int:
         return len(self.probabilities)
