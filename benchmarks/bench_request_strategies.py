@@ -135,7 +135,7 @@ def run(args) -> Dict[str, object]:
                     print(f"  {100 * fraction:g}% ({k}) {name:16s}: stage 2 {s2:.4f} gain {s2 - s1:+.4f}",
                           flush=True)
             with open(os.path.join(work, "request_strategies.partial.json"), "w") as fh:
-                json.dump({"rows": rows}, fh)
+                json.dump({"rows": rows, "args": dict(vars(args))}, fh)
     result = {"rows": rows, "summary": summarise(rows), "args": dict(vars(args)),
               "seconds": round(time.perf_counter() - t_start, 1)}
     with open(os.path.join(work, "request_strategies.json"), "w") as fh:
@@ -247,6 +247,8 @@ def parse_args(argv=None):
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     p.add_argument("--figure", default=None, help="write the PNG figure here")
     p.add_argument("--table", default=None, help="write the markdown table here")
+    p.add_argument("--from-json", default=None,
+                   help="no training: summarise the rows of a finished or partial run's JSON (the seeds so far)")
     args = p.parse_args(argv)
     if args.reduced:
         args.seeds, args.fractions, args.shortcuts = 2, "0.1,0.25", "1"
@@ -265,7 +267,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    result = run(args)
+    if args.from_json:
+        with open(args.from_json) as fh:
+            saved = json.load(fh)
+        result = {"rows": saved["rows"], "summary": summarise(saved["rows"]), "args": saved.get("args") or dict(vars(args))}
+    else:
+        result = run(args)
     text = table(result)
     print(text)
     if args.table:

@@ -70,6 +70,7 @@ class Pool:
     raw_root: Optional[str] = None
     dataset: Optional[str] = None
     skipped: int = 0                          # images that could not be read (counted, never named)
+    paths: Optional[List[Optional[str]]] = None  # records named through --raw-root: source path per row
 
 
 def _say(msg: str, quiet: bool = False) -> None:
@@ -214,8 +215,8 @@ def resolve_keys(pool: Pool, raw: Union[str, os.PathLike], dataset: str, image_s
     if pool.names and not any(hit):
         raise UsageError(f"--raw-root {raw}: none of the {len(pool.names)} example keys matches an image of the "
                          f"{dataset} dataset there (another dataset, or not the build's salt?)")
+    pool.paths = [by_key.get(k) for k in pool.names]
     pool.names = [_relative(by_key[k], raw) if k in by_key else k for k in pool.names]
-    pool._paths = [by_key.get(k) for k in pool.names]  # type: ignore[attr-defined]
     pool.raw_root, pool.dataset = os.path.abspath(raw), dataset
 
 
@@ -248,11 +249,15 @@ def request_annotations(model, data: Union[str, os.PathLike], budget: int, *, st
         raise UsageError(f"--budget must be at least 1, got {budget}")
     strat = get_strategy(strategy, seed=seed, diversity=diversity)   # unknown names fail before any work
     data = Path(data)
-    if not data.exists():
+    if not data.is_dir():
         raise UsageError(f"--data {data}: no such folder")
+    records_mode = is_records_folder(data)
+    if not records_mode and not dataset:   # checked before the model is loaded: fail fast
+        raise UsageError(f"--data {data} is a raw folder: give --dataset (one of the dataset adapters)")
+    if raw_root and not Path(raw_root).is_dir():
+        raise UsageError(f"--raw-root {raw_root}: no such folder")
     net, model_name = _load_model(model)
     S = int(net.image_size)
-    records_mode = is_records_folder(data)
     summary = {}
     if records_mode:
         if (data / "summary.json").is_file():
@@ -265,8 +270,6 @@ def request_annotations(model, data: Union[str, os.PathLike], budget: int, *, st
             resolve_keys(pool, raw_root, ds, S, salt, summary)
         dataset = dataset or summary.get("dataset")
     else:
-        if not dataset:
-            raise UsageError(f"--data {data} is a raw folder: give --dataset (one of the dataset adapters)")
         pool = read_raw(data, dataset, S, summary.get("resize_mode", "stretch"), quiet)
     n, m = len(pool.names), len(pool.ann_images)
     _say(f"{n} unannotated candidates, {m} annotated images"
@@ -281,7 +284,7 @@ def request_annotations(model, data: Union[str, os.PathLike], budget: int, *, st
 
     sizes = list(pool.sizes)
     windows = list(pool.windows)
-    paths = getattr(pool, "_paths", None)
+    paths = pool.paths
     if paths is not None:   # records named through --raw-root: original sizes of the picks only
         from cxr_tfp.io.images import Geometry, decode_image, read_bytes
 
