@@ -270,7 +270,8 @@ def main(argv=None) -> int:
     if args.from_json:
         with open(args.from_json) as fh:
             saved = json.load(fh)
-        result = {"rows": saved["rows"], "summary": summarise(saved["rows"]), "args": saved.get("args") or dict(vars(args))}
+        result = {"rows": saved["rows"], "summary": summarise(saved["rows"]),
+                  "args": saved.get("args") or dict(vars(args))}
     else:
         result = run(args)
     text = table(result)

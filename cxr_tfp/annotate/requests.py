@@ -157,7 +157,8 @@ def read_raw(raw: Union[str, os.PathLike], dataset: str, image_size: int, resize
     S = image_size
     return Pool([names[j] for j in keep], np.asarray([imgs[j] for j in keep], np.float32).reshape(-1, S, S, 1),
                 [sizes[j] for j in keep], [windows[j] for j in keep],
-                np.asarray(a_imgs, np.float32).reshape(-1, S, S, 1), np.asarray(a_maps, np.float32).reshape(-1, S, S, 2),
+                np.asarray(a_imgs, np.float32).reshape(-1, S, S, 1),
+                np.asarray(a_maps, np.float32).reshape(-1, S, S, 2),
                 np.asarray(a_gaze, np.float32), np.asarray(a_boxes, np.float32),
                 raw_root=os.path.abspath(raw), dataset=dataset, skipped=skipped)
 
@@ -193,7 +194,8 @@ def read_records(records: Union[str, os.PathLike], image_size: int, findings: Se
         _say(f"read {n} examples", quiet)
     S = image_size
     return Pool(names, np.asarray(imgs, np.float32).reshape(-1, S, S, 1), [None] * len(names), [None] * len(names),
-                np.asarray(a_imgs, np.float32).reshape(-1, S, S, 1), np.asarray(a_maps, np.float32).reshape(-1, S, S, 2),
+                np.asarray(a_imgs, np.float32).reshape(-1, S, S, 1),
+                np.asarray(a_maps, np.float32).reshape(-1, S, S, 2),
                 np.asarray(a_gaze, np.float32), np.asarray(a_boxes, np.float32))
 
 
@@ -236,10 +238,12 @@ def _load_model(model):
 def request_annotations(model, data: Union[str, os.PathLike], budget: int, *, strategy: str = "random",
                         dataset: Optional[str] = None, seed: int = 0, diversity: float = 0.0,
                         raw_root: Optional[str] = None, salt: Optional[str] = None,
-                        splits: Sequence[str] = ("train",), quiet: bool = True):
+                        splits: Sequence[str] = ("train",), resize_mode: Optional[str] = None,
+                        quiet: bool = True):
     """The top ``budget`` unannotated images of ``data`` (a raw folder with ``dataset``, or a records
     folder) by ``strategy``, as a DataFrame in the requests-table contract (module docstring); the
-    ``requests.json`` fields are in ``df.attrs``."""
+    ``requests.json`` fields are in ``df.attrs``. ``resize_mode``: how the model's training records
+    were resized (default: the records' summary, else the build's default ``stretch``)."""
     import pandas as pd
 
     from cxr_tfp.annotate import scoring
@@ -270,7 +274,7 @@ def request_annotations(model, data: Union[str, os.PathLike], budget: int, *, st
             resolve_keys(pool, raw_root, ds, S, salt, summary)
         dataset = dataset or summary.get("dataset")
     else:
-        pool = read_raw(data, dataset, S, summary.get("resize_mode", "stretch"), quiet)
+        pool = read_raw(data, dataset, S, resize_mode or "stretch", quiet)
     n, m = len(pool.names), len(pool.ann_images)
     _say(f"{n} unannotated candidates, {m} annotated images"
          + (f", {pool.skipped} unreadable images skipped" if pool.skipped else ""), quiet)
@@ -291,11 +295,12 @@ def request_annotations(model, data: Union[str, os.PathLike], budget: int, *, st
         for r in rows:
             if paths[r]:
                 px = decode_image(read_bytes(paths[r])).pixels
-                geo = Geometry(int(px.shape[1]), int(px.shape[0]), S, summary.get("resize_mode", "stretch"))
+                geo = Geometry(int(px.shape[1]), int(px.shape[0]), S,
+                               resize_mode or summary.get("resize_mode", "stretch"))
                 sizes[r], windows[r] = (geo.src_w, geo.src_h), tuple(float(v) for v in geo.window)
     probs, unc = scores.probabilities, scores.uncertainty
     top = [int(np.argmax(probs[r])) for r in rows]
-    boxes = _suggest(net, pool.images[rows], top, [windows[r] for r in rows]) if rows else []
+    boxes = scoring.suggest_boxes(net, pool.images[rows], top, [windows[r] for r in rows]) if rows else []
     table = []
     for rank, (r, value, reason, f, box) in enumerate(zip(rows, ranking.scores, ranking.reasons, top, boxes), 1):
         size = sizes[r]
@@ -315,27 +320,6 @@ def request_annotations(model, data: Union[str, os.PathLike], budget: int, *, st
                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      "candidates": int(n), "annotated": int(m)})
     return df
-
-
-def _suggest(net, images, top, windows):
-    """Suggested boxes ``(x, y, w, h)`` in original pixels (None: flat map or unknown original size)."""
-    from cxr_tfp.annotate import scoring
-
-    S = int(net.image_size)
-    known = [i for i, w in enumerate(windows) if w is not None]
-    out = [None] * len(images)
-    if not known:
-        return out
-    boxes = scoring.suggest_boxes(net, images[known], [top[i] for i in known], [(S, S)] * len(known))
-    for i, box in zip(known, boxes):
-        if box is None:
-            continue
-        x0, y0, x1, y1 = windows[i]
-        sx, sy = (x1 - x0) / S, (y1 - y0) / S
-        x, y, w, h = box
-        out[i] = (int(round(x0 + x * sx)), int(round(y0 + y * sy)), max(1, int(round(w * sx))),
-                  max(1, int(round(h * sy))))
-    return out
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -381,6 +365,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--splits", default="train", help="records folder: the splits to draw from (default train)")
     p.add_argument("--raw-root", default=None,
                    help="records folder: the raw root, to name rows by path (salt from $CXR_TFP_SALT)")
+    p.add_argument("--resize-mode", default=None, choices=("stretch", "crop", "pad"),
+                   help="how the model's records were resized (default: the records' summary, else stretch)")
     p.add_argument("--out", required=True, help="output folder for requests.csv and requests.json")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--debug", action="store_true", help="show a traceback on error")
@@ -392,7 +378,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     df = request_annotations(args.model, args.data, args.budget, strategy=args.strategy, dataset=args.dataset,
                              seed=args.seed, diversity=args.diversity, raw_root=args.raw_root,
-                             splits=[s.strip() for s in args.splits.split(",") if s.strip()], quiet=args.quiet)
+                             splits=[s.strip() for s in args.splits.split(",") if s.strip()],
+                             resize_mode=args.resize_mode, quiet=args.quiet)
     out = write_requests(df, args.out)
     print(f"wrote {len(df)} requests ({df.attrs['strategy']}, {df.attrs['candidates']} candidates) to "
           f"{out / CSV_NAME}")

@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -133,24 +133,26 @@ def box_from_map(heat: np.ndarray, level: float = BOX_LEVEL) -> Optional[Tuple[i
 
 
 def suggest_boxes(model, images: np.ndarray, finding_index: Sequence[int],
-                  sizes: Sequence[Tuple[int, int]]):
-    """One suggested box per image for its finding, ``(x, y, w, h)`` in ORIGINAL pixels (``sizes`` =
-    ``(width, height)``), or None where the Grad-CAM map is flat. Images are the model's square inputs,
-    resized from the originals without cropping, so each axis scales on its own."""
+                  windows: Sequence[Optional[Tuple[float, float, float, float]]]):
+    """One suggested box per image for its finding, ``(x, y, w, h)`` in ORIGINAL pixels, or None where
+    the Grad-CAM map is flat or the image's source window is unknown. ``windows``: the source
+    rectangle ``(x0, y0, x1, y1)`` that became the model's square input (``Geometry.window`` of the
+    resize), so stretch, crop and pad all map back."""
     from cxr_tfp.model.saliency import grad_cam
 
     images = np.asarray(images, np.float32).reshape(-1, model.image_size, model.image_size, 1)
-    out = [None] * len(images)
+    out: List[Optional[Tuple[int, int, int, int]]] = [None] * len(images)
     S = model.image_size
-    for j in sorted(set(int(f) for f in finding_index)):
-        rows = [i for i, f in enumerate(finding_index) if int(f) == j]
-        maps = grad_cam(model, images[rows], j)
-        for i, heat in zip(rows, maps):
+    known = [i for i, w in enumerate(windows) if w is not None]
+    for j in sorted({int(finding_index[i]) for i in known}):
+        rows = [i for i in known if int(finding_index[i]) == j]
+        for i, heat in zip(rows, grad_cam(model, images[rows], j)):
             box = box_from_map(heat)
             if box is None:
                 continue
-            w0, h0 = sizes[i]
-            sx, sy = w0 / S, h0 / S
+            x0, y0, x1, y1 = windows[i]
+            sx, sy = (x1 - x0) / S, (y1 - y0) / S
             x, y, w, h = box
-            out[i] = (int(round(x * sx)), int(round(y * sy)), max(1, int(round(w * sx))), max(1, int(round(h * sy))))
+            out[i] = (int(round(x0 + x * sx)), int(round(y0 + y * sy)), max(1, int(round(w * sx))),
+                      max(1, int(round(h * sy))))
     return out
