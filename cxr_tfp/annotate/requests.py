@@ -224,6 +224,9 @@ def resolve_keys(pool: Pool, raw: Union[str, os.PathLike], dataset: str, image_s
 
 # ------------------------------------------------------------------------------------------ ranking
 def _load_model(model):
+    """The model and its name. A run that stopped after stage 1 (its metrics.json says so) gets a zero
+    posterior residual, as stage 2 would start: its residual network was never trained, and the
+    ``shift`` strategy's measured posterior shift must not depend on its random initial weights."""
     if not isinstance(model, (str, os.PathLike)):
         return model, getattr(model, "name", "model")
     from cxr_tfp.model import load_model
@@ -232,7 +235,11 @@ def _load_model(model):
     path = p / "model.keras" if p.is_dir() else p
     if not path.is_file():
         raise UsageError(f"--model {model}: no model.keras (give a training output folder or a .keras file)")
-    return load_model(str(path)), str(model)
+    net = load_model(str(path))
+    metrics = path.parent / "metrics.json"
+    if metrics.is_file() and json.loads(metrics.read_text()).get("final_stage") == "stage1":
+        net.init_posterior_from_prior()
+    return net, str(model)
 
 
 def request_annotations(model, data: Union[str, os.PathLike], budget: int, *, strategy: str = "random",

@@ -58,7 +58,10 @@ def score_features(model, fmaps: np.ndarray) -> Dict[str, np.ndarray]:
 
 def posterior_shift(model, fmaps: np.ndarray, ann_grid: np.ndarray, has_gaze: np.ndarray,
                     has_boxes: np.ndarray) -> np.ndarray:
-    """KL(q(z|x,a) || p(z|x)) in nats per image ``[N]`` (0 where the annotation is unusable)."""
+    """KL(q(z|x,a) || p(z|x)) in nats per image ``[N]`` (0 where the annotation is unusable), with the
+    model's posterior as it stands: for a model that has not been through stage 2, zero its residual
+    first (``model.init_posterior_from_prior()``, stage 2's starting point), as the requests command
+    and the benchmark do."""
     import tensorflow as tf
 
     from cxr_tfp.model.latent_head import kl_diag_gaussians
