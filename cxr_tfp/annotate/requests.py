@@ -55,22 +55,62 @@ def columns(findings: Sequence[str]) -> List[str]:
     return list(FIXED_COLUMNS) + [c for f in findings for c in (f"p_{f}", f"u_{f}")]
 
 
+CHUNK = 128   # images decoded and scored at a time: memory stays bounded on a hospital-sized folder
+
+
 @dataclasses.dataclass
 class Pool:
-    """Images read for ranking: candidates (unannotated) and the annotated fit set."""
+    """What ranking needs, scored chunk by chunk as the images are read (no image is kept):
+    the candidates (unannotated) and the annotated fit set's scores and posterior shift."""
 
     names: List[str]                          # candidate names (relative paths or example keys)
-    images: np.ndarray                        # [N, S, S, 1] float32 in [0, 1]
     sizes: List[Optional[Tuple[int, int]]]    # original (width, height) per candidate, None if unknown
     windows: List[Optional[Tuple[float, float, float, float]]]  # source window of the stored square
-    ann_images: np.ndarray                    # [M, S, S, 1]
-    ann_maps: np.ndarray                      # [M, S, S, 2] gaze, box mask
-    ann_gaze: np.ndarray                      # [M]
-    ann_boxes: np.ndarray                     # [M]
+    scores: Dict[str, List[np.ndarray]]       # candidates: scoring.score_features outputs, per chunk
+    ann_scores: Dict[str, List[np.ndarray]]   # annotated images: the same
+    shift: List[np.ndarray]                   # annotated images: KL(q || p) per chunk
     raw_root: Optional[str] = None
     dataset: Optional[str] = None
     skipped: int = 0                          # images that could not be read (counted, never named)
-    paths: Optional[List[Optional[str]]] = None  # records named through --raw-root: source path per row
+    paths: List[Optional[str]] = dataclasses.field(default_factory=list)  # per candidate (never logged)
+
+    @staticmethod
+    def empty() -> "Pool":
+        return Pool([], [], [], {}, {}, [], paths=[])
+
+    def add(self, net, images, names, sizes, windows, paths, ann_images, ann_maps, ann_gaze, ann_boxes) -> None:
+        """Score one chunk: candidates ``images`` [n, S, S, 1]; annotated ``ann_*``."""
+        from cxr_tfp.annotate import scoring
+
+        if len(images):
+            for k, v in scoring.score_images(net, np.asarray(images, np.float32)).items():
+                self.scores.setdefault(k, []).append(v)
+            self.names += list(names)
+            self.sizes += list(sizes)
+            self.windows += list(windows)
+            self.paths.extend(paths)
+        if len(ann_images):
+            sc, kl = scoring.annotated_scores(net, np.asarray(ann_images, np.float32), np.asarray(ann_maps, np.float32),
+                                              np.asarray(ann_gaze, np.float32), np.asarray(ann_boxes, np.float32))
+            for k, v in sc.items():
+                self.ann_scores.setdefault(k, []).append(v)
+            self.shift.append(kl)
+
+    def to_scores(self, net):
+        from cxr_tfp.annotate import scoring
+
+        L, K = len(net.findings), int(net.feature_dim)
+
+        def cat(d):
+            return {k: (np.concatenate(d[k], 0) if d.get(k) else np.zeros((0, K if k == "embedding" else L)))
+                    for k in ("probabilities", "uncertainty", "embedding")}
+
+        ann = cat(self.ann_scores) if self.shift else None
+        return scoring.make_scores(net, cat(self.scores), ann, np.concatenate(self.shift) if self.shift else None)
+
+    @property
+    def n_annotated(self) -> int:
+        return int(sum(len(v) for v in self.shift))
 
 
 def _say(msg: str, quiet: bool = False) -> None:
@@ -108,95 +148,112 @@ def _relative(path: str, raw: Path) -> str:
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(raw))).as_posix()
 
 
-def read_raw(raw: Union[str, os.PathLike], dataset: str, image_size: int, resize_mode: str = "stretch",
+def read_raw(net, raw: Union[str, os.PathLike], dataset: str, resize_mode: str = "stretch",
              quiet: bool = False) -> Pool:
-    """Decode every image of a raw dataset at the model's size; split into candidates and annotated."""
+    """Decode and score every image of a raw dataset at the model's size, a chunk at a time."""
     from cxr_tfp.annotations import gaze_heatmap, region_mask
-    from cxr_tfp.io.images import decode_image, read_bytes, resize_to_square
 
     raw = Path(raw)
     if not raw.is_dir():
         raise UsageError(f"--data {raw}: not a folder")
-    records = _adapter_records(raw, dataset, image_size)
+    S = int(net.image_size)
+    records = _adapter_records(raw, dataset, S)
     if not records:
         raise UsageError(f"--data {raw}: the {dataset} adapter found no images")
-    names, imgs, sizes, windows = [], [], [], []
-    a_imgs, a_maps, a_gaze, a_boxes = [], [], [], []
-    skipped = 0
+    # an image with a box or gaze in any table row is annotated, not a candidate
+    annotated = {os.path.abspath(r.image_path) for r in records if r.regions or r.gaze is not None}
+    pool = Pool.empty()
+    pool.raw_root, pool.dataset = os.path.abspath(raw), dataset
     seen = set()
+    cand: List[tuple] = []
+    ann: List[tuple] = []
     _say(f"reading {len(records)} {dataset} records", quiet)
+
+    def flush():
+        pool.add(net, [c[0] for c in cand], [c[1] for c in cand], [c[2] for c in cand], [c[3] for c in cand],
+                 [c[4] for c in cand], [a[0] for a in ann], [a[1] for a in ann], [a[2] for a in ann],
+                 [a[3] for a in ann])
+        cand.clear()
+        ann.clear()
+
     for i, rec in enumerate(records, 1):
-        name = _relative(rec.image_path, raw)
+        path = os.path.abspath(rec.image_path)
+        is_annotated = bool(rec.regions or rec.gaze is not None)
+        if not is_annotated and (path in annotated or path in seen):
+            continue
+        seen.add(path)
         try:
-            decoded = decode_image(read_bytes(rec.image_path))
-            stored, geo = resize_to_square(decoded.pixels, image_size, resize_mode)
+            image, geo = _decode(path, S, resize_mode)
             mask = region_mask(rec.regions, geo, rec.frame) if rec.regions else None
             gaze = gaze_heatmap(rec.gaze, geo, rec.frame) if rec.gaze is not None else None
         except Exception:  # noqa: BLE001  (an unreadable image is counted, never named: no paths in logs)
-            skipped += 1
+            pool.skipped += 1
             continue
-        image = stored.astype(np.float32)[..., None] / 255.0
-        if mask is not None or gaze is not None:
-            zeros = np.zeros((image_size, image_size), np.float32)
-            a_imgs.append(image)
-            a_maps.append(np.stack([zeros if gaze is None else gaze.astype(np.float32),
-                                    zeros if mask is None else (mask > 0).astype(np.float32)], -1))
-            a_gaze.append(float(gaze is not None))
-            a_boxes.append(float(mask is not None))
-        elif name not in seen:   # several table rows may name one image
-            seen.add(name)
-            names.append(name)
-            imgs.append(image)
-            sizes.append((int(geo.src_w), int(geo.src_h)))
-            windows.append(tuple(float(v) for v in geo.window))
-        if not quiet and (i % 200 == 0 or i == len(records)):
-            _say(f"read {i}/{len(records)} images", quiet)
-    # an image annotated in one table row is not a candidate even if another row has no box
-    annotated_names = {_relative(r.image_path, raw) for r in records if r.regions or r.gaze is not None}
-    keep = [j for j, n in enumerate(names) if n not in annotated_names]
-    S = image_size
-    return Pool([names[j] for j in keep], np.asarray([imgs[j] for j in keep], np.float32).reshape(-1, S, S, 1),
-                [sizes[j] for j in keep], [windows[j] for j in keep],
-                np.asarray(a_imgs, np.float32).reshape(-1, S, S, 1),
-                np.asarray(a_maps, np.float32).reshape(-1, S, S, 2),
-                np.asarray(a_gaze, np.float32), np.asarray(a_boxes, np.float32),
-                raw_root=os.path.abspath(raw), dataset=dataset, skipped=skipped)
+        if is_annotated:
+            zeros = np.zeros((S, S), np.float32)
+            ann.append((image, np.stack([zeros if gaze is None else gaze.astype(np.float32),
+                                         zeros if mask is None else (mask > 0).astype(np.float32)], -1),
+                        float(gaze is not None), float(mask is not None)))
+        else:
+            cand.append((image, _relative(path, raw), (int(geo.src_w), int(geo.src_h)),
+                         tuple(float(v) for v in geo.window), path))
+        if len(cand) + len(ann) >= CHUNK:
+            flush()
+        if i % 500 == 0:
+            _say(f"read {i}/{len(records)} records", quiet)
+    flush()
+    _say(f"read {len(records)}/{len(records)} records", quiet)
+    return pool
 
 
-def read_records(records: Union[str, os.PathLike], image_size: int, findings: Sequence[str],
-                 splits: Sequence[str] = ("train",), quiet: bool = False) -> Pool:
-    """Examples of a build's splits: unannotated ones are candidates, named by example_key."""
-    from cxr_tfp import features as F
+def _decode(path: str, size: int, resize_mode: str):
+    """A model input ``[S, S, 1]`` in [0, 1] and the resize geometry, as the build stores the image."""
+    from cxr_tfp.io.images import decode_image, read_bytes, resize_to_square
+
+    stored, geo = resize_to_square(decode_image(read_bytes(path)).pixels, size, resize_mode)
+    return stored.astype(np.float32)[..., None] / 255.0, geo
+
+
+def _record_batches(records: Path, net, splits: Sequence[str]):
     from cxr_tfp.input import list_files, make_dataset
 
-    root = Path(records)
-    patterns = []
-    for s in splits:
-        if (root / s).is_dir():
-            patterns.append(str(root / s))
+    patterns = [str(records / sp) for sp in splits if (records / sp).is_dir()]
     if not patterns:
-        raise UsageError(f"--data {root}: no split folder {'/'.join(splits)} with TFRecords (a build's output)")
-    files = list_files(patterns)
-    names, imgs = [], []
-    a_imgs, a_maps, a_gaze, a_boxes = [], [], [], []
+        raise UsageError(f"--data {records}: no split folder {'/'.join(splits)} with TFRecords (a build's output)")
+    return make_dataset(list_files(patterns), int(net.image_size), net.findings, CHUNK, with_meta=True)
+
+
+def read_records(net, records: Union[str, os.PathLike], splits: Sequence[str] = ("train",),
+                 quiet: bool = False) -> Pool:
+    """Score the examples of a build's splits, a batch at a time; unannotated ones are candidates,
+    named by example_key."""
+    from cxr_tfp import features as F
+
+    pool = Pool.empty()
     n = 0
-    for x, _, meta in make_dataset(files, image_size, findings, 64, with_meta=True):
+    for x, _, meta in _record_batches(Path(records), net, splits):
         keys = [k.decode() for k in meta[F.EXAMPLE_KEY].numpy()]
         g, b = x[F.X_HAS_GAZE].numpy(), x[F.X_HAS_BOXES].numpy()
-        im, ann = x[F.X_IMAGE].numpy(), x[F.X_ANNOTATION].numpy()
-        for j, key in enumerate(keys):
-            if g[j] > 0 or b[j] > 0:
-                a_imgs.append(im[j]), a_maps.append(ann[j]), a_gaze.append(g[j]), a_boxes.append(b[j])
-            else:
-                names.append(key)
-                imgs.append(im[j])
+        im, amap = x[F.X_IMAGE].numpy(), x[F.X_ANNOTATION].numpy()
+        a = (g > 0) | (b > 0)
+        c = ~a
+        pool.add(net, im[c], [k for k, keep in zip(keys, c) if keep], [None] * int(c.sum()), [None] * int(c.sum()),
+                 [None] * int(c.sum()), im[a], amap[a], g[a], b[a])
         n += len(keys)
         _say(f"read {n} examples", quiet)
-    S = image_size
-    return Pool(names, np.asarray(imgs, np.float32).reshape(-1, S, S, 1), [None] * len(names), [None] * len(names),
-                np.asarray(a_imgs, np.float32).reshape(-1, S, S, 1),
-                np.asarray(a_maps, np.float32).reshape(-1, S, S, 2),
-                np.asarray(a_gaze, np.float32), np.asarray(a_boxes, np.float32))
+    return pool
+
+
+def _record_images(net, records: Path, splits: Sequence[str], keys: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The model inputs of the examples with these keys (a second pass; only the picks are kept)."""
+    from cxr_tfp import features as F
+
+    want, out = set(keys), {}
+    for x, _, meta in _record_batches(records, net, splits):
+        for k, im in zip(meta[F.EXAMPLE_KEY].numpy(), x[F.X_IMAGE].numpy()):
+            if k.decode() in want:
+                out[k.decode()] = im
+    return out
 
 
 def resolve_keys(pool: Pool, raw: Union[str, os.PathLike], dataset: str, image_size: int,
@@ -217,7 +274,7 @@ def resolve_keys(pool: Pool, raw: Union[str, os.PathLike], dataset: str, image_s
     if pool.names and not any(hit):
         raise UsageError(f"--raw-root {raw}: none of the {len(pool.names)} example keys matches an image of the "
                          f"{dataset} dataset there (another dataset, or not the build's salt?)")
-    pool.paths = [by_key.get(k) for k in pool.names]
+    pool.paths = [os.path.abspath(by_key[k]) if k in by_key else None for k in pool.names]
     pool.names = [_relative(by_key[k], raw) if k in by_key else k for k in pool.names]
     pool.raw_root, pool.dataset = os.path.abspath(raw), dataset
 
@@ -270,10 +327,13 @@ def request_annotations(model, data: Union[str, os.PathLike], budget: int, *, st
     net, model_name = _load_model(model)
     S = int(net.image_size)
     summary = {}
+    mode = resize_mode or "stretch"
     if records_mode:
         if (data / "summary.json").is_file():
             summary = json.loads((data / "summary.json").read_text())
-        pool = read_records(data, S, net.findings, splits, quiet)
+        mode = resize_mode or summary.get("resize_mode", "stretch")
+        pool = read_records(net, data, splits, quiet)
+        keys = list(pool.names)
         if raw_root:
             ds = dataset or summary.get("dataset")
             if not ds:
@@ -281,33 +341,33 @@ def request_annotations(model, data: Union[str, os.PathLike], budget: int, *, st
             resolve_keys(pool, raw_root, ds, S, salt, summary)
         dataset = dataset or summary.get("dataset")
     else:
-        pool = read_raw(data, dataset, S, resize_mode or "stretch", quiet)
-    n, m = len(pool.names), len(pool.ann_images)
+        pool = read_raw(net, data, dataset, mode, quiet)
+    n, m = len(pool.names), pool.n_annotated
     _say(f"{n} unannotated candidates, {m} annotated images"
          + (f", {pool.skipped} unreadable images skipped" if pool.skipped else ""), quiet)
-    cand = scoring.score_images(net, pool.images)
-    annotated, shift = (scoring.annotated_scores(net, pool.ann_images, pool.ann_maps, pool.ann_gaze, pool.ann_boxes)
-                        if m else (None, None))
-    scores = scoring.make_scores(net, cand, annotated, shift)
+    scores = pool.to_scores(net)
     ranking = strat.rank(pool.names, scores, budget)
-    rows = [pool.names.index(i) for i in ranking.ids]
+    index = {name: r for r, name in enumerate(pool.names)}
+    rows = [index[i] for i in ranking.ids]
     _say(f"ranked {n} candidates with {strat.name!r}; writing the top {len(rows)}", quiet)
 
-    sizes = list(pool.sizes)
-    windows = list(pool.windows)
-    paths = pool.paths
-    if paths is not None:   # records named through --raw-root: original sizes of the picks only
-        from cxr_tfp.io.images import Geometry, decode_image, read_bytes
-
-        for r in rows:
-            if paths[r]:
-                px = decode_image(read_bytes(paths[r])).pixels
-                geo = Geometry(int(px.shape[1]), int(px.shape[0]), S,
-                               resize_mode or summary.get("resize_mode", "stretch"))
-                sizes[r], windows[r] = (geo.src_w, geo.src_h), tuple(float(v) for v in geo.window)
+    # Only the picks are read again: their model inputs (for the suggested box) and original sizes.
+    sizes, windows = list(pool.sizes), list(pool.windows)
+    images = np.zeros((len(rows), S, S, 1), np.float32)
+    if records_mode:
+        by_key = _record_images(net, data, splits, [keys[r] for r in rows])
+        images = np.asarray([by_key[keys[r]] for r in rows], np.float32).reshape(-1, S, S, 1)
+    for i, r in enumerate(rows):
+        path = pool.paths[r] if pool.paths else None
+        if path is None:
+            continue
+        image, geo = _decode(path, S, mode)
+        if not records_mode:
+            images[i] = image
+        sizes[r], windows[r] = (int(geo.src_w), int(geo.src_h)), tuple(float(v) for v in geo.window)
     probs, unc = scores.probabilities, scores.uncertainty
     top = [int(np.argmax(probs[r])) for r in rows]
-    boxes = scoring.suggest_boxes(net, pool.images[rows], top, [windows[r] for r in rows]) if rows else []
+    boxes = scoring.suggest_boxes(net, images, top, [windows[r] for r in rows]) if rows else []
     table = []
     for rank, (r, value, reason, f, box) in enumerate(zip(rows, ranking.scores, ranking.reasons, top, boxes), 1):
         size = sizes[r]
