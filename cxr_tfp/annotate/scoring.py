@@ -19,6 +19,7 @@ from cxr_tfp.annotate.strategies.base import Scores
 BATCH = 64
 BOX_LEVEL = 0.5      # the suggested box covers the Grad-CAM region above this share of its peak
 FLAT_SPREAD = 0.05   # a map whose 99th-percentile-to-median spread is below this is "flat": no box
+MAX_BOX_AREA = 0.5   # a region over half the image points nowhere: no box (a radiologist would delete it)
 
 
 def _batches(n: int, batch: int = BATCH):
@@ -120,7 +121,7 @@ def annotated_scores(model, images: np.ndarray, annotation: np.ndarray, has_gaze
 
 def box_from_map(heat: np.ndarray, level: float = BOX_LEVEL) -> Optional[Tuple[int, int, int, int]]:
     """``(x, y, w, h)`` in map pixels of the connected region above ``level`` x peak that holds the
-    peak, or None when the map is flat (nothing stands out)."""
+    peak, or None when the map is flat (nothing stands out) or that region covers over half the map."""
     from scipy import ndimage
 
     heat = np.asarray(heat, np.float64)
@@ -132,7 +133,10 @@ def box_from_map(heat: np.ndarray, level: float = BOX_LEVEL) -> Optional[Tuple[i
     labels, _ = ndimage.label(heat >= level * peak)
     py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)
     ys, xs = np.nonzero(labels == labels[py, px])
-    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+    w, h = int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+    if w * h > MAX_BOX_AREA * heat.size:
+        return None
+    return int(xs.min()), int(ys.min()), w, h
 
 
 def suggest_boxes(model, images: np.ndarray, finding_index: Sequence[int],

@@ -62,6 +62,10 @@ def test_a_box_is_drawn_around_the_peak_region_and_none_on_a_flat_map():
     heat[2:4, 2:4] = 0.4
     assert box_from_map(heat) == (20, 10, 6, 4)
     assert box_from_map(np.full((32, 32), 0.7)) is None and box_from_map(np.zeros((32, 32))) is None
+    broad = np.ones((32, 32))
+    broad[16, 16] = 2.0
+    broad[:2, :2] = 0.0
+    assert box_from_map(broad) is None, "a region over half the image points nowhere"
 
 
 def _table(raw_root="/data/raw"):
