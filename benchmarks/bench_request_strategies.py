@@ -228,9 +228,10 @@ def figure(result: Dict[str, object], path: str) -> str:
     axes[0, 0].legend(fontsize=8)
     a = result["args"]
     seeds = max(e["gain"]["seeds"] for e in summ)
-    fig.suptitle(f"Annotation requests on the synthetic set: mean and 95% interval over {seeds} seeds "
-                 f"({a['patients']} patients, {a['image_size']} px)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.suptitle(f"Annotation requests on the synthetic set ({a['patients']} patients, {a['image_size']} px):\n"
+                 f"stage-2 gain of each strategy minus random, mean and paired 95% interval over {seeds} seeds",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.90))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
