@@ -204,7 +204,7 @@ def figure(result: Dict[str, object], path: str) -> str:
     summ = result["summary"]
     shortcuts = sorted({e["shortcut"] for e in summ})
     names = list(dict.fromkeys(e["strategy"] for e in summ))
-    fig, axes = plt.subplots(1, len(shortcuts), figsize=(4.6 * len(shortcuts), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(shortcuts), figsize=(4.6 * len(shortcuts), 3.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for j, sc in enumerate(shortcuts):
         ax = axes[0, j]
