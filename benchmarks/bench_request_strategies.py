@@ -23,7 +23,7 @@ stage-2 run and its evaluation cost about a second.
 
     .venv/bin/python benchmarks/bench_request_strategies.py --work /tmp/req_bench \\
         --figure docs/request_strategies.png --table docs/request_strategies.md
-    .venv/bin/python benchmarks/bench_request_strategies.py --reduced     # a few minutes (slow test)
+    .venv/bin/python benchmarks/bench_request_strategies.py --reduced     # 6 to 9 minutes on a shared 2-core machine (slow test)
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ranking experiment's reduced version runs end to end (slow: a few minutes on 2 cores)."""
+"""The ranking experiment's reduced version runs end to end (slow: 6 to 9 minutes on the shared 2-core machine)."""
 import json
 import os
 import subprocess
