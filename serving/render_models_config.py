@@ -14,7 +14,6 @@ from typing import List, Optional
 
 from cxr_tfp.cli import UsageError, cli_main
 from cxr_tfp.model_dir import MODEL_NAME, pushed_versions
-from cxr_tfp.cli import cli_main
 
 TEMPLATE = """\
 # Rendered by serving/render_models_config.py from {source} (versions found: {versions}).

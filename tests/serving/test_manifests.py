@@ -78,7 +78,9 @@ def test_render_models_config_from_pushed_versions(tmp_path):
     (model,) = _model_server_config(render.render(str(base), stable=1700000900))\
         .model_config_list.config
     assert model.version_labels["stable"] == 1700000900
-    with pytest.raises(SystemExit, match="no pushed versions"):
+    from cxr_tfp.cli import UsageError
+
+    with pytest.raises(UsageError, match="no pushed versions"):  # one line, exit 2, through cli_main
         render.render(str(tmp_path / "empty"))
 
 
