@@ -138,7 +138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.metadata is None:
         from pipeline import configs
 
-        a.metadata = configs.PipelineSettings.from_env().resolved_metadata_path
+        a.metadata = configs.PipelineSettings.load(configs.SETTINGS_FILE).resolved_metadata_path
     try:
         info = lineage(_store(a.metadata), a.version)
     except (LookupError, FileNotFoundError) as exc:
