@@ -269,6 +269,8 @@ ENV_VARS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     "raw_root": ("CXR_TFP_RAW_ROOT", str),
     "dataset": ("CXR_TFP_DATASET", str),
     "span_folder": ("CXR_TFP_SPAN_FOLDER", _optional),    # empty: the raw root is the dataset
+    # build options of the adapter, e.g. '{"labels_csv": "labels.csv"}' for a DICOM folder
+    "adapter_options": ("CXR_TFP_ADAPTER_OPTIONS", lambda v: json.loads(v) if v else {}),
     "salt_fingerprint": ("CXR_TFP_SALT_FINGERPRINT", _optional),
     "vertex_training": ("CXR_TFP_VERTEX_TRAINING", lambda v: json.loads(v) if v else None),
     # e.g. "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"

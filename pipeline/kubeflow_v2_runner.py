@@ -39,7 +39,12 @@ def compile_pipeline(settings: Optional[configs.PipelineSettings] = None,
     """Write the KFP v2 pipeline spec (JSON) and return its path."""
     from tfx import v1 as tfx
 
+    from pipeline.local_runner import creating_pipeline
+
+    creating = settings is None and creating_pipeline()
     settings = settings or configs.PipelineSettings.load(configs.settings_path(__file__))
+    if creating:   # `tfx pipeline create --engine vertex`: the settings persist as for the local runner
+        settings.save(configs.settings_path(__file__))
     pipeline = create_pipeline(settings, schema_file=IMAGE_SCHEMA_FILE,
                                beam_args=kubeflow_beam_args(), local_metadata=False)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
