@@ -27,6 +27,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from cxr_tfp.features import TEST_SPLIT
+
 GATE_FILE = "gate.json"
 
 
@@ -39,7 +41,7 @@ class GateOptions:
     min_findings_fraction: float = 0.5
     n_resamples: int = 1000
     seed: int = 0
-    split: str = "test"
+    split: str = TEST_SPLIT
 
 
 def _f(v: Optional[float]) -> str:
