@@ -156,3 +156,30 @@ def test_a_clear_model_is_blessed_and_a_drop_against_the_baseline_is_refused():
     assert worse["baseline"]["difference"] < -OPTS.max_drop
     same = judge(FINDINGS, labels, scores, mask, groups, OPTS, baseline_probs=scores)
     assert same["blessed"] is True and same["baseline"]["difference"] == 0.0
+
+
+# ------------------------------------------------------------------------------ the outcome summary
+def test_the_outcome_summary_says_blessed_and_pushed_on_lines_of_their_own(tmp_path):
+    from pipeline.report import format_outcome, save_outcome
+
+    labels, scores, mask, groups = _split(6, [0.3, 0.3, 0.2, 0.1], seed=1, signal=3.0)
+    gate = judge(FINDINGS, labels, scores, mask, groups, OPTS)
+    o = {"run_id": "r1", "states": {}, "blessed": False, "pushed": None, "why_not_pushed": "not blessed",
+         "data": {"span": 1, "root": "/raw/1", "dataset": "nih", "inputs": 24, "rejected": 0,
+                  "examples": {"train": 19, "eval": 2, "test": 3},
+                  "annotated": {"train": {"gaze": 0, "boxes": 2, "any": 2}, "eval": {}, "test": {}}},
+         "training": {"final_stage": "stage1", "stage2_skipped": "no annotated example",
+                      "train_examples": 19, "annotated_examples": 0,
+                      "stage1": {"macro_auroc": 0.5, "num_eval": 2}},
+         "gate": gate}
+    lines = format_outcome(o).splitlines()
+    assert lines[0] == "=== outcome of run r1"
+    assert "train 19, eval 2, test 3 examples; annotated: 2 (gaze 0, boxes 2)" in lines[1]
+    assert "stage 2 skipped (no annotated example)" in lines[2]
+    assert lines[-3:] == ["blessed: no", "pushed: no", "  (not blessed)"]
+    assert any(l.startswith("decision  : refused: too few positives to judge") for l in lines)
+    assert any(l.startswith("  left out, < 10 positives or < 10 negatives (4): Atelectasis (") for l in lines)
+    o.update(blessed=True, pushed="1796230000")
+    assert format_outcome(o).splitlines()[-2:] == ["blessed: yes", "pushed: 1796230000"]
+    path = save_outcome(o, str(tmp_path))
+    assert open(path).read() == open(tmp_path / "outcome.txt").read() == format_outcome(o) + "\n"
