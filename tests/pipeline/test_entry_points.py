@@ -20,14 +20,14 @@ def _env(**extra):
 def test_demo_runs_end_to_end_and_says_where_outputs_are(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "pipeline.demo", "--out", str(out),
-                           "--patients", "250"], cwd=REPO, env=_env(), capture_output=True,
+                           "--patients", "400"], cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=1200)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     for n in range(1, 6):
         assert f"=== [{n}/5]" in proc.stdout and f"--- [{n}/5] done in" in proc.stdout
     assert "blessed: True" in proc.stdout
-    # 50 test images: the gate counts the findings with >= 10 positives and negatives, and blesses
+    # ~80 test images: the gate counts the findings with >= 10 positives and negatives, and blesses
     assert "blessed: yes" in proc.stdout.splitlines() and "=== outcome of run" in proc.stdout
     assert any(line.startswith("decision  : blessed: macro AUROC") for line in proc.stdout.splitlines())
     assert "request: gRPC Predict via cxr_tfp.client" in proc.stdout
@@ -67,7 +67,10 @@ def test_tfx_cli_creates_and_runs_the_local_pipeline(tmp_path):
     given = dict(CXR_TFP_RAW_ROOT=str(tmp_path / "raw"), CXR_TFP_OUTPUT_ROOT=str(tmp_path / "out" / "tfx"),
                  CXR_TFP_PIPELINE_NAME="cli-test", CXR_TFP_DATASET="synthetic",
                  CXR_TFP_TRAIN_CONFIG=str(config), CXR_TFP_GATE_MIN_POSITIVES="5",
-                 CXR_TFP_GATE_MIN_NEGATIVES="5")
+                 CXR_TFP_GATE_MIN_NEGATIVES="5",
+                 # 30 test images: this model's macro AUROC (~0.65) has a 95% interval ~0.55-0.77,
+                 # whose lower end a floor of 0.6 would refuse; this test is about the settings
+                 CXR_TFP_MACRO_AUC_LOWER_BOUND="0.4")
     tfx_cli = os.path.join(os.path.dirname(sys.executable), "tfx")
     create = subprocess.run([tfx_cli, "pipeline", "create", "--engine", "local", "--pipeline_path",
                              "pipeline/local_runner.py"], cwd=checkout, env=dict(base, **given),
@@ -76,6 +79,7 @@ def test_tfx_cli_creates_and_runs_the_local_pipeline(tmp_path):
     assert 'Pipeline "cli-test" created successfully' in create.stdout
     saved = json.load(open(checkout / "pipeline" / "settings.json"))
     assert saved["raw_root"] == given["CXR_TFP_RAW_ROOT"] and saved["gate_min_positives"] == 5
+    assert saved["macro_auc_lower_bound"] == 0.4
     run = subprocess.run([tfx_cli, "run", "create", "--engine", "local", "--pipeline_name",
                           "cli-test"], cwd=checkout, env=base, capture_output=True, text=True,
                          timeout=900)
