@@ -130,6 +130,18 @@ def scan_split(files: Sequence[str], findings: Sequence[str]) -> Dict[str, Any]:
             "has_boxes": boxes, "annotated": annotated}
 
 
+def stage2_skip_reason(cfg: TrainConfig, scan: Dict[str, Any], where: str) -> Optional[str]:
+    """Why stage 2 is skipped (None when it runs): nothing in the training files is annotated.
+
+    Stage 2 distils the annotation-aware posterior into the prior; without a single annotated
+    example there is nothing to distil, and the stage-1 model is the result (not an error).
+    """
+    if cfg.stage2_epochs <= 0 or scan["annotated"] > 0:
+        return None
+    return (f"no annotated example (has_annotation=1) among the {scan['num_examples']} training "
+            f"examples in {where}: nothing to distil, the model is the stage-1 model")
+
+
 def check_stage2_subset(cfg: TrainConfig, scan: Dict[str, Any], where: str) -> None:
     """Raise ValueError when stage 2 would have nothing (usable) to train on."""
     if cfg.stage2_epochs == 0:
@@ -527,7 +539,9 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
     for warning in check_useful(findings, scan, sum(counts[f] for f in evals), str(train_files),
                                 str(eval_files)):
         print(f"[train] warning: {warning}", file=sys.stderr)
-    check_stage2_subset(cfg, scan, str(train_files))
+    skip2 = stage2_skip_reason(cfg, scan, str(train_files))
+    if skip2 is None:
+        check_stage2_subset(cfg, scan, str(train_files))
     check_weights_spec(cfg.weights)
 
     if chief:
@@ -536,7 +550,12 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
     export_dir = export_dir or os.path.join(out_dir, "saved_model")
     state = _read_json(os.path.join(out_dir, STATE_FILE), {})
     comparable = lambda d: {k: v for k, v in (d or {}).items() if k != "verbose"}  # noqa: E731
-    if state.get("config") is not None and comparable(state["config"]) != comparable(cfg.to_dict()):
+    # A run refused before it trained anything (no checkpoint, no finished stage) holds nothing to
+    # resume: its state does not bind the next run into the same folder.
+    trained = state.get("stage1_done") or state.get("stage2_done") or any(
+        files for _, _, files in os.walk(os.path.join(out_dir, "checkpoints")))
+    if trained and state.get("config") is not None and \
+            comparable(state["config"]) != comparable(cfg.to_dict()):
         changed = sorted(k for k in comparable(cfg.to_dict())
                          if comparable(state["config"]).get(k) != getattr(cfg, k))
         raise ValueError(f"{out_dir} holds a run with a different config (changed: {', '.join(changed)}); "
@@ -599,7 +618,11 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
         run_stage(1, lambda: stage1_dataset(cfg, train, scan["num_examples"]))
 
     # Stage 2 ------------------------------------------------------------------------------------
-    if cfg.stage2_epochs > 0:
+    metrics.pop("stage2_skipped", None)
+    if skip2 is not None:
+        metrics["stage2_skipped"] = skip2
+        print(f"[train] stage 2 skipped: {skip2}", file=sys.stderr)
+    elif cfg.stage2_epochs > 0:
         if state.get("stage2_done"):
             model.load_weights(os.path.join(out_dir, "stage2.weights.h5"))
         else:
@@ -615,7 +638,7 @@ def _train_model(config: TrainConfig, train_files: FilePattern, eval_files: File
             run_stage(2, stage2_data, on_fresh_start=model.init_posterior_from_prior)
 
     # Final: thresholds, .keras, SavedModel ------------------------------------------------------
-    final = "stage2" if cfg.stage2_epochs > 0 else "stage1"
+    final = "stage2" if cfg.stage2_epochs > 0 and skip2 is None else "stage1"
     probs, _, labels, mask = predict_split(model, cfg, evals)
     from cxr_tfp.metrics import choose_thresholds, threshold_provenance
 
@@ -678,7 +701,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = {k: metrics[k]["macro_auroc"] for k in ("stage1", "stage2") if k in metrics}
-    print(json.dumps({"macro_auroc": summary, "out": args.out, "export_dir": metrics["export_dir"]}))
+    print(json.dumps({"macro_auroc": summary, "final_stage": metrics["final_stage"],
+                      "out": args.out, "export_dir": metrics["export_dir"]}))
     return 0
 
 

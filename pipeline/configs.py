@@ -1,17 +1,25 @@
 """Every setting of the TFX pipeline in one place: name, roots, thresholds, training options, image.
 
 The local runner, the Kubeflow runner, the demo and the tests all build a :class:`PipelineSettings`
-(defaults below, environment overrides via :meth:`PipelineSettings.from_env`) and hand it to
-:func:`pipeline.dag.create_pipeline`. Nothing else in ``pipeline/`` hard-codes a path or a number.
+and hand it to :func:`pipeline.dag.create_pipeline`. Nothing else in ``pipeline/`` hard-codes a path
+or a number.
+
+Where a value comes from, weakest first: the defaults below; the settings file beside the runner
+(``pipeline/settings.json``: written by ``tfx pipeline create`` from the ``CXR_TFP_*`` variables it
+was given, or written / edited by the user before ``create``); then ``CXR_TFP_*`` variables of the
+run itself (one-off overrides, never saved by a run). ``tfx run create`` runs the runner afresh
+with whatever environment that shell has, so the file is what makes a pipeline's settings persist
+(as the TFX templates' ``configs.py`` does). :func:`summary_lines` says where each value came from.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import shlex
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from cxr_tfp import __version__
 from cxr_tfp.features import EVAL_SPLIT, SPLITS, TEST_SPLIT, TRAIN_SPLIT  # noqa: F401 (re-exported to the DAG)
@@ -28,7 +36,18 @@ PIPELINE_IMAGE = os.environ.get("CXR_TFP_PIPELINE_IMAGE", f"cxr-tfp-pipeline:{__
 
 # Training: a config file of the training package plus overrides (both resolved at pipeline build
 # time into Trainer.custom_config, so a change of any option invalidates the TFX cache).
+# The smoke config (tiny CNN, 64 px, synthetic findings) is the synthetic demo's only.
 DEFAULT_TRAIN_CONFIG = str(REPO_ROOT / "configs" / "smoke.yaml")
+# Without a training config of the user's, a real dataset trains the paper setting (DenseNet-121,
+# 224 px) over the dataset's own finding vocabulary (the one value the pipeline then sets itself).
+REAL_DATA_TRAIN_CONFIG = str(REPO_ROOT / "configs" / "default.yaml")
+DATASET_FINDINGS: Dict[str, str] = {"synthetic": "synthetic", "nih": "nih", "mimic": "mimic",
+                                    "egd": "mimic", "reflacx": "nih", "dicom": "nih"}
+
+# Where the settings persist between ``tfx pipeline create`` and every ``tfx run create``: a JSON
+# file beside the runner that is executed (pipeline/settings.json for pipeline/local_runner.py).
+SETTINGS_FILE_NAME = "settings.json"
+SETTINGS_FILE = str(REPO_ROOT / "pipeline" / SETTINGS_FILE_NAME)
 
 # The curated schema (generated from the feature contract by ``python -m pipeline.schema_tools``).
 CURATED_SCHEMA_DIR = str(REPO_ROOT / "pipeline" / "schema")
@@ -48,13 +67,20 @@ SPAN_FOLDER = "{SPAN}"
 # Evaluator slices (feature keys of the contract; overall is always included).
 SLICE_FEATURES: Tuple[str, ...] = ("view", "dataset")
 
-# Blessing: macro AUROC over the predicted findings must reach an absolute floor and must not drop
-# by more than MAX_DROP against the latest blessed model (when one exists).
+# Blessing (pipeline/blessing_gate.py): the lower end of the 95% patient-bootstrap interval of the
+# macro AUROC, over the findings with enough positives and negatives in the evaluation split, must
+# reach the floor, and the macro AUROC on the same findings must not drop by more than MAX_DROP
+# against the latest blessed model (when one exists).
 MACRO_AUC_LOWER_BOUND = 0.6
 MACRO_AUC_MAX_DROP = 0.01
+GATE_MIN_POSITIVES = 10          # a finding counts in the macro with >= this many positives ...
+GATE_MIN_NEGATIVES = 10          # ... and negatives in the evaluation split
+GATE_MIN_FINDINGS_FRACTION = 0.5  # refuse when fewer than this share of the findings can be counted
+GATE_BOOTSTRAP = 1000            # patient resamples (cxr_tfp.metrics.auroc_with_ci)
 
-# Training options on top of the config file. The smoke config's 4 epochs with augmentation stay
-# near chance on the synthetic lesions within minutes; 25 epochs without augmentation clear the
+# The synthetic demo's training options on top of the smoke config (set by pipeline/demo.py and
+# the tests, never on a user's config). The smoke config's 4 epochs with augmentation stay near
+# chance on the synthetic lesions within minutes; 25 epochs without augmentation clear the
 # blessing floor in about a minute on 2 cores (demo data: see below).
 TRAIN_OVERRIDES: Dict[str, Any] = {"stage1_epochs": 25, "augment": False}
 
@@ -94,11 +120,16 @@ class PipelineSettings:
     metadata_path: Optional[str] = None          # default <output_root>/metadata/<name>/metadata.db
     serving_root: Optional[str] = None           # default <output_root>/serving
     model_name: str = SERVING_MODEL_NAME
-    train_config_path: Optional[str] = DEFAULT_TRAIN_CONFIG
-    train_overrides: Dict[str, Any] = dataclasses.field(default_factory=lambda: dict(TRAIN_OVERRIDES))
+    # None: chosen by dataset (train_config_source); a user's YAML is used as written.
+    train_config_path: Optional[str] = None
+    train_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
     use_curated_schema: bool = True
     macro_auc_lower_bound: float = MACRO_AUC_LOWER_BOUND
     macro_auc_max_drop: float = MACRO_AUC_MAX_DROP
+    gate_min_positives: int = GATE_MIN_POSITIVES
+    gate_min_negatives: int = GATE_MIN_NEGATIVES
+    gate_min_findings_fraction: float = GATE_MIN_FINDINGS_FRACTION
+    gate_bootstrap: int = GATE_BOOTSTRAP
     slice_features: Tuple[str, ...] = SLICE_FEATURES
     evaluator_split: str = EVALUATOR_SPLIT
     enable_cache: bool = True
@@ -126,11 +157,31 @@ class PipelineSettings:
         return os.path.join(self.serving_root or os.path.join(self.output_root, "serving"),
                             self.model_name)
 
+    def train_config_source(self) -> Tuple[str, Dict[str, Any], str]:
+        """``(config file, overrides, note)``: the user's YAML as written, or the dataset's default.
+
+        The note says which values the pipeline sets itself (printed at every run).
+        """
+        overrides = dict(self.train_overrides)
+        if self.train_config_path:
+            note = "as written" if not overrides else "with overrides " + json.dumps(overrides)
+            return self.train_config_path, overrides, note
+        if self.dataset == "synthetic":
+            note = ("smoke config for the synthetic demo"
+                    + (f", with overrides {json.dumps(overrides)}" if overrides else ""))
+            return DEFAULT_TRAIN_CONFIG, overrides, note
+        vocabulary = self.adapter_options.get("label_vocabulary") or DATASET_FINDINGS.get(self.dataset, "nih")
+        overrides = dict({"findings": vocabulary}, **overrides)
+        return (REAL_DATA_TRAIN_CONFIG, overrides,
+                f"paper setting for real data; the pipeline sets {json.dumps(overrides)} "
+                f"(dataset {self.dataset})")
+
     def train_config_dict(self) -> Dict[str, Any]:
         """The full training config (file + overrides) as a plain dict for ``custom_config``."""
         from cxr_tfp.config import load_config
 
-        return load_config(self.train_config_path, overrides=dict(self.train_overrides)).to_dict()
+        path, overrides, _ = self.train_config_source()
+        return load_config(path, overrides=overrides).to_dict()
 
     def findings(self) -> Tuple[str, ...]:
         """The findings the trained model predicts (from the training config)."""
@@ -138,54 +189,203 @@ class PipelineSettings:
 
         return tuple(resolve_vocabulary(self.train_config_dict()["findings"]))
 
+    # Where each value came from (setting -> "default" / "settings file F" / "environment VAR" ...);
+    # not a setting itself.
+    sources: Dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, "default")
+
     @classmethod
     def from_env(cls, **overrides: Any) -> "PipelineSettings":
-        """Defaults, then ``CXR_TFP_*`` environment variables, then keyword overrides.
+        """Defaults, then ``CXR_TFP_*`` environment variables, then keyword overrides."""
+        return cls.load(None, **overrides)
 
-        The ``tfx`` CLI runs ``local_runner.py`` without arguments, so the environment is how a
-        user points it at their data and outputs (see ``pipeline/README.md``).
-        """
+    @classmethod
+    def load(cls, path: Optional[str] = None, *, environ: Optional[Mapping[str, str]] = None,
+             **overrides: Any) -> "PipelineSettings":
+        """Defaults, then the settings file at ``path`` (when it exists), then ``CXR_TFP_*``
+        variables of ``environ`` (default ``os.environ``), then keyword overrides."""
+        environ = os.environ if environ is None else environ
         s = cls()
-        s.pipeline_name = _env("CXR_TFP_PIPELINE_NAME", s.pipeline_name)
-        s.output_root = _env("CXR_TFP_OUTPUT_ROOT", s.output_root)
-        s.data_root = _env("CXR_TFP_DATA_ROOT", s.data_root)
-        s.input = _env("CXR_TFP_INPUT", s.input)
-        s.raw_root = _env("CXR_TFP_RAW_ROOT", s.raw_root)
-        s.dataset = _env("CXR_TFP_DATASET", s.dataset)
-        if "CXR_TFP_SPAN_FOLDER" in os.environ:
-            s.span_folder = os.environ["CXR_TFP_SPAN_FOLDER"] or None
-        s.salt_fingerprint = os.environ.get("CXR_TFP_SALT_FINGERPRINT", s.salt_fingerprint)
-        if os.environ.get("CXR_TFP_VERTEX_TRAINING"):
-            s.vertex_training = json.loads(os.environ["CXR_TFP_VERTEX_TRAINING"])
-        if os.environ.get("CXR_TFP_BEAM_ARGS"):
-            # e.g. "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
-            s.beam_args = shlex.split(os.environ["CXR_TFP_BEAM_ARGS"])
-        s.serving_root = os.environ.get("CXR_TFP_SERVING_ROOT", s.serving_root)
-        s.train_config_path = _env("CXR_TFP_TRAIN_CONFIG", s.train_config_path or "")
-        if "CXR_TFP_MACRO_AUC_LOWER_BOUND" in os.environ:
-            s.macro_auc_lower_bound = float(os.environ["CXR_TFP_MACRO_AUC_LOWER_BOUND"])
-        if "CXR_TFP_MACRO_AUC_MAX_DROP" in os.environ:
-            s.macro_auc_max_drop = float(os.environ["CXR_TFP_MACRO_AUC_MAX_DROP"])
+        if path and os.path.isfile(path):
+            s._apply(read_settings_file(path), f"settings file {path}")
+        for name, (var, parse) in ENV_VARS.items():
+            if var in environ:
+                try:
+                    value = parse(environ[var])
+                except ValueError as exc:
+                    raise ValueError(f"{var}={environ[var]!r}: {exc}") from None
+                s._apply({name: value}, f"environment {var}")
         for key, value in overrides.items():
-            if not hasattr(s, key):
+            if key not in SETTING_NAMES:
                 raise AttributeError(f"unknown pipeline setting {key!r}")
-            setattr(s, key, value)
+        s._apply(overrides, "given")
         if s.input not in INPUTS:
             raise ValueError(f"pipeline setting input={s.input!r} is not one of {list(INPUTS)} "
                              f"(CXR_TFP_INPUT)")
         return s
 
+    def _apply(self, values: Mapping[str, Any], source: str) -> None:
+        for key, value in values.items():
+            setattr(self, key, tuple(value) if key == "slice_features" else value)
+            self.sources[key] = source
+
+    def given(self) -> Dict[str, Any]:
+        """The values that are not defaults (what a settings file must keep), JSON-ready."""
+        return {name: getattr(self, name) for name in SETTING_NAMES
+                if self.source(name) != "default"}
+
+    def save(self, path: str) -> str:
+        """Write :meth:`given` to ``path`` (relative paths made absolute), swapped in complete."""
+        from cxr_tfp.staging import replace_file
+
+        values = self.given()
+        for key in _PATH_SETTINGS:
+            if values.get(key) and "://" not in str(values[key]):
+                values[key] = os.path.abspath(values[key])
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.partial"
+        with open(tmp, "w") as fh:
+            json.dump(values, fh, indent=2, sort_keys=True, default=list)
+            fh.write("\n")
+        replace_file(tmp, path)
+        for key, value in values.items():
+            setattr(self, key, value)
+            self.sources[key] = f"settings file {path}"
+        return path
+
+
+def _optional(v: str) -> Optional[str]:
+    return v or None
+
+
+# setting -> (environment variable, parser). Also the list of what a settings file may hold.
+ENV_VARS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
+    "pipeline_name": ("CXR_TFP_PIPELINE_NAME", str),
+    "output_root": ("CXR_TFP_OUTPUT_ROOT", str),
+    "data_root": ("CXR_TFP_DATA_ROOT", str),
+    "input": ("CXR_TFP_INPUT", str),
+    "raw_root": ("CXR_TFP_RAW_ROOT", str),
+    "dataset": ("CXR_TFP_DATASET", str),
+    "span_folder": ("CXR_TFP_SPAN_FOLDER", _optional),    # empty: the raw root is the dataset
+    # build options of the adapter, e.g. '{"labels_csv": "labels.csv"}' for a DICOM folder
+    "adapter_options": ("CXR_TFP_ADAPTER_OPTIONS", lambda v: json.loads(v) if v else {}),
+    "salt_fingerprint": ("CXR_TFP_SALT_FINGERPRINT", _optional),
+    "vertex_training": ("CXR_TFP_VERTEX_TRAINING", lambda v: json.loads(v) if v else None),
+    # e.g. "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
+    "beam_args": ("CXR_TFP_BEAM_ARGS", shlex.split),
+    "serving_root": ("CXR_TFP_SERVING_ROOT", _optional),
+    "train_config_path": ("CXR_TFP_TRAIN_CONFIG", _optional),
+    "train_overrides": ("CXR_TFP_TRAIN_OVERRIDES", lambda v: json.loads(v) if v else {}),
+    "macro_auc_lower_bound": ("CXR_TFP_MACRO_AUC_LOWER_BOUND", float),
+    "macro_auc_max_drop": ("CXR_TFP_MACRO_AUC_MAX_DROP", float),
+    "gate_min_positives": ("CXR_TFP_GATE_MIN_POSITIVES", int),
+    "gate_min_negatives": ("CXR_TFP_GATE_MIN_NEGATIVES", int),
+    "gate_min_findings_fraction": ("CXR_TFP_GATE_MIN_FINDINGS_FRACTION", float),
+}
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(PipelineSettings) if f.name != "sources")
+_PATH_SETTINGS = ("output_root", "raw_root", "data_root", "pipeline_root", "metadata_path",
+                  "serving_root", "train_config_path")
+
+
+def read_settings_file(path: str) -> Dict[str, Any]:
+    """The settings a file holds; an unknown key or bad JSON is a one-line error naming the file."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must hold one JSON object of setting: value")
+    unknown = sorted(set(data) - set(SETTING_NAMES))
+    if unknown:
+        raise ValueError(f"{path}: unknown setting {unknown[0]!r} (known: {', '.join(SETTING_NAMES)})")
+    return data
+
+
+def settings_path(runner_file: str) -> str:
+    """The settings file beside a runner script (``pipeline/settings.json``)."""
+    return os.path.join(os.path.dirname(os.path.abspath(runner_file)), SETTINGS_FILE_NAME)
+
 
 def summary_lines(s: PipelineSettings) -> Sequence[str]:
-    """Where everything lives, for logs and the demo."""
+    """The run's settings, each with where it came from, for the start of every run and the demo."""
+    def src(*names: str) -> str:
+        found = sorted({s.source(n) for n in names if s.source(n) != "default"})
+        return f"   [{'; '.join(found)}]" if found else ""
+
+    train_path, _, train_note = s.train_config_source()
     return (
-        f"pipeline name   : {s.pipeline_name}",
+        f"pipeline name   : {s.pipeline_name}{src('pipeline_name')}",
         (f"raw dataset     : {s.raw_root}/{s.span_folder or ''} ({s.dataset}; chest X-ray ExampleGen)"
+         f"{src('raw_root', 'dataset', 'span_folder', 'input')}"
          if s.input == "raw" else
-         f"input TFRecords : {s.data_root}/{{{','.join(SPLITS)}}}/*.tfrecord.gz (ImportExampleGen)"),
-        f"pipeline root   : {s.resolved_pipeline_root}",
-        f"metadata (MLMD) : {s.resolved_metadata_path}",
-        f"push base path  : {s.push_base}   (TF Serving --model_base_path)",
-        f"blessing        : macro AUROC >= {s.macro_auc_lower_bound}, "
-        f"drop vs last blessed <= {s.macro_auc_max_drop}",
+         f"input TFRecords : {s.data_root}/{{{','.join(SPLITS)}}}/*.tfrecord.gz (ImportExampleGen)"
+         f"{src('data_root', 'input')}"),
+        f"training config : {train_path} ({train_note}){src('train_config_path', 'train_overrides')}",
+        f"pipeline root   : {s.resolved_pipeline_root}{src('output_root', 'pipeline_root')}",
+        f"metadata (MLMD) : {s.resolved_metadata_path}{src('metadata_path')}",
+        f"push base path  : {s.push_base}   (TF Serving --model_base_path){src('serving_root')}",
+        f"blessing gate   : lower 95% bound of macro AUROC >= {s.macro_auc_lower_bound} over findings "
+        f"with >= {s.gate_min_positives} positives and >= {s.gate_min_negatives} negatives in "
+        f"{s.evaluator_split} (at least {s.gate_min_findings_fraction:.0%} of them), drop vs last "
+        f"blessed <= {s.macro_auc_max_drop}"
+        f"{src('macro_auc_lower_bound', 'macro_auc_max_drop', 'gate_min_positives', 'gate_min_negatives', 'gate_min_findings_fraction')}",
+        f"beam args       : {' '.join(s.beam_args)}{src('beam_args')}",
     )
+
+
+# --------------------------------------------------------------------------------- raw root checks
+# What a span folder holds, per dataset (for the one-line refusal; docs/data.md has the detail).
+DATASET_LAYOUTS: Dict[str, str] = {
+    "nih": "Data_Entry_2017*.csv and images/*.png (optionally BBox_List_2017.csv)",
+    "synthetic": "the layout python -m cxr_tfp.datasets.synthetic writes",
+    "dicom": "*.dcm files (optionally a label table)",
+    "mimic": "files/ and the MIMIC-CXR-JPG tables",
+    "egd": "the EGD-CXR tables and MIMIC-CXR files/",
+    "reflacx": "main_data/ and the MIMIC-CXR files/",
+}
+_SPAN_TOKENS = {"{SPAN}": r"\d+", "{VERSION}": r"\d+", "{YYYY}": r"\d{4}", "{MM}": r"\d{2}",
+                "{DD}": r"\d{2}"}
+
+
+def _span_regex(folder: str) -> "re.Pattern[str]":
+    out = ""
+    for part in re.split(r"(\{[A-Z]+\})", folder):
+        out += _SPAN_TOKENS.get(part, re.escape(part))
+    return re.compile(out + r"\Z")
+
+
+def check_raw_root(s: PipelineSettings) -> Optional[str]:
+    """One line saying why the raw input cannot be read (None when it can): checked before any
+    component starts. Only local paths are checked (a ``gs://`` root is the cluster's to read)."""
+    if s.input == "tfrecords":
+        if "://" in s.data_root or os.path.isdir(os.path.join(s.data_root, TRAIN_SPLIT)):
+            return None
+        return (f"no {TRAIN_SPLIT}/ split under the TFRecords root {s.data_root}: expected "
+                f"{s.data_root}/{{{','.join(SPLITS)}}}/*.tfrecord.gz (python -m cxr_tfp.records.build)")
+    root = s.raw_root
+    if "://" in root:
+        return None
+    layout = DATASET_LAYOUTS.get(s.dataset, f"the {s.dataset} dataset's published layout")
+    top = (s.span_folder or "").split("/")[0]
+    expected = (f"expected one folder per span ({root}/1/, {root}/2/, ...; pattern {s.span_folder}), "
+                f"each holding {layout}" if top else f"expected {layout} directly in it (no spans)")
+    if not os.path.isdir(root):
+        return f"raw root {root} does not exist ({s.dataset}): {expected}"
+    entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
+    if not entries:
+        return f"raw root {root} is empty ({s.dataset}): {expected}"
+    if not top:
+        return None
+    rx = _span_regex(top)
+    spans = [e for e in entries if rx.match(e) and os.path.isdir(os.path.join(root, e))]
+    if not spans:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        return f"raw root {root} has no span folder matching {top} (it holds {shown}): {expected}"
+    latest = max(spans, key=lambda e: [int(x) for x in re.findall(r"\d+", e)] or [0])
+    inside = [e for e in os.listdir(os.path.join(root, latest)) if not e.startswith(".")]
+    if not inside:
+        return f"span folder {os.path.join(root, latest)} is empty: expected {layout} in it"
+    return None

@@ -4,7 +4,9 @@ ExampleGen (the chest X-ray ExampleGen over the raw folder's latest span, or Imp
 finished train/eval/test TFRecords) -> StatisticsGen -> ImportSchemaGen (curated, or
 SchemaGen) -> ExampleValidator -> AnomaliesGate (fails the run on anomalies) -> Trainer
 (``pipeline.trainer_module.run_fn``) -> Resolver(LatestBlessedModelStrategy) -> Evaluator (TFMA
-macro / per-finding AUROC, sliced by view and dataset) -> Pusher (filesystem, TF Serving layout;
+macro / per-finding AUROC, sliced by view and dataset: reported, not gated) and BlessingGate (the
+decision: patient-bootstrap interval over the findings with enough positives, see
+``pipeline.blessing_gate``) -> Pusher (reads the gate's blessing; filesystem, TF Serving layout;
 never pushes a model that is already there, see ``pipeline.pusher``).
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from cxr_tfp import model_dir as MD
 from cxr_tfp.labels import indices
 from pipeline import configs
 from pipeline.anomalies_gate import AnomaliesGate
+from pipeline.blessing_gate import BlessingGate, GateOptions
 from pipeline.example_gen import chest_xray_example_gen
 from pipeline.pusher import NoRepushExecutor
 from pipeline.trainer_module import TRAIN_CONFIG_KEY
@@ -37,30 +40,24 @@ ANOMALIES_GATE = "AnomaliesGate"
 TRAINER = "Trainer"
 RESOLVER = "latest_blessed_model_resolver"
 EVALUATOR = "Evaluator"
+BLESSING_GATE = "BlessingGate"
 PUSHER = "Pusher"
 
 
-def eval_config(findings: Sequence[str], lower_bound: float, max_drop: float,
+def eval_config(findings: Sequence[str],
                 slice_features: Sequence[str] = configs.SLICE_FEATURES) -> tfma.EvalConfig:
-    """TFMA config: AUROC per finding, macro AUROC with value + change thresholds, example count.
+    """TFMA config: AUROC per finding, macro AUROC (and its change against the baseline), counts.
 
     The model's ``PROBABILITIES_FULL`` output lines up with the stored ``LABELS`` vector over all
-    ``FINDINGS``; each predicted finding is a class id of that vector. Two metrics specs keep the
-    thresholds on the macro average only (TFMA applies a spec's thresholds to every sub key, so
-    per-finding AUCs, noisy on small test sets, live in a spec without thresholds). The macro spec
-    names its classes through ``class_weights`` (equal weights). Thresholds gate the overall slice.
+    ``FINDINGS``; each predicted finding is a class id of that vector. No thresholds: TFMA's macro
+    counts a finding without positives as AUROC 0 and has no interval, so the blessing is decided
+    by ``pipeline.blessing_gate`` (and TFMA, without thresholds, never blesses, which keeps
+    ``LatestBlessedModelStrategy`` on the gate's blessings). The macro spec names its classes
+    through ``class_weights`` (equal weights).
     """
     class_ids = indices(findings)
-    threshold = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": lower_bound}),
-        change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_drop}))
     macro = tfma.MetricsSpec(
-        metrics=[tfma.MetricConfig(
-            class_name="AUC", config=_AUC_CONFIG,
-            # Gate on the overall slice only: small slices (a rare view) are reported, not gated.
-            per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                slicing_specs=[tfma.SlicingSpec()], threshold=threshold)])],
+        metrics=[tfma.MetricConfig(class_name="AUC", config=_AUC_CONFIG)],
         aggregate=tfma.AggregationOptions(macro_average=True,
                                           class_weights={c: 1.0 for c in class_ids}))
     per_finding = tfma.MetricsSpec(
@@ -74,6 +71,15 @@ def eval_config(findings: Sequence[str], lower_bound: float, max_drop: float,
         metrics_specs=[macro, per_finding],
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[k])
                                               for k in slice_features])
+
+
+def gate_options(settings: configs.PipelineSettings) -> GateOptions:
+    """The blessing gate's rule, from the settings."""
+    return GateOptions(lower_bound=settings.macro_auc_lower_bound, max_drop=settings.macro_auc_max_drop,
+                       min_positives=settings.gate_min_positives,
+                       min_negatives=settings.gate_min_negatives,
+                       min_findings_fraction=settings.gate_min_findings_fraction,
+                       n_resamples=settings.gate_bootstrap, split=settings.evaluator_split)
 
 
 def vertex_trainer_config(vertex: Dict[str, Any], train_config: Dict[str, Any]) -> Dict[str, Any]:
@@ -147,7 +153,8 @@ def create_pipeline(settings: configs.PipelineSettings, *,
             statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"]).with_id(ANOMALIES_GATE)
+    anomalies_gate = AnomaliesGate(
+        anomalies=example_validator.outputs["anomalies"]).with_id(ANOMALIES_GATE)
 
     trainer_kwargs = dict(
         run_fn=RUN_FN,
@@ -162,7 +169,7 @@ def create_pipeline(settings: configs.PipelineSettings, *,
     else:
         trainer = tfx.components.Trainer(custom_config={TRAIN_CONFIG_KEY: train_config},
                                          **trainer_kwargs)
-    trainer.add_upstream_node(gate)
+    trainer.add_upstream_node(anomalies_gate)
 
     resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -175,12 +182,19 @@ def create_pipeline(settings: configs.PipelineSettings, *,
         model=trainer.outputs["model"],
         baseline_model=resolver.outputs["model"],
         example_splits=[settings.evaluator_split],
-        eval_config=eval_config(findings, settings.macro_auc_lower_bound,
-                                settings.macro_auc_max_drop, settings.slice_features))
+        eval_config=eval_config(findings, settings.slice_features))
+
+    import dataclasses
+    import json
+
+    gate = BlessingGate(examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+                        baseline_model=resolver.outputs["model"],
+                        options=json.dumps(dataclasses.asdict(gate_options(settings)))
+                        ).with_id(BLESSING_GATE)
 
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=gate.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=settings.push_base)),
         custom_executor_spec=executor_spec.ExecutorClassSpec(NoRepushExecutor))
@@ -188,8 +202,8 @@ def create_pipeline(settings: configs.PipelineSettings, *,
     return tfx.dsl.Pipeline(
         pipeline_name=settings.pipeline_name,
         pipeline_root=settings.resolved_pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, gate, trainer,
-                    resolver, evaluator, pusher],
+        components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+                    trainer, resolver, evaluator, gate, pusher],
         enable_cache=settings.enable_cache,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(

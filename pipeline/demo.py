@@ -190,6 +190,11 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
 
     from pipeline.anomalies_gate import DataAnomaliesError
 
+    problem = configs.check_raw_root(settings)
+    if problem:
+        from cxr_tfp.cli import UsageError
+
+        raise UsageError(problem)
     try:
         tfx.orchestration.LocalDagRunner().run(create_pipeline(settings))
     except DataAnomaliesError as exc:
@@ -209,10 +214,13 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
     evaluation = run.uri("Evaluator", "evaluation")
     print(R.metrics_table(R.read_metrics(evaluation), findings))
     failures = R.validation_failures(evaluation)
-    print(f"    blessed: {run.blessed}" + ("" if run.blessed else "  (failed thresholds below)"))
     for line in failures:
         print(f"      - {line}")
-    print(f"    TFMA output: {evaluation}")
+    print(f"    TFMA output (reported, not gated): {evaluation}")
+    from pipeline.blessing_gate import read_gate
+
+    gate = read_gate(run.uri(P.BLESSING_GATE, "blessing") or "") or {}
+    print(f"    blessed: {run.blessed}   (blessing gate: {gate.get('reason', 'did not run')})")
     stages.end()
 
     # 4 ---------------------------------------------------------------------------------------
@@ -265,6 +273,11 @@ def run_demo(out: str, patients: int = DEFAULT_PATIENTS, image_size: int = DEFAU
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
+    from pipeline import report
+
+    o = report.outcome(settings.resolved_metadata_path)
+    saved = report.save_outcome(o, settings.resolved_pipeline_root)
+    print("\n" + report.format_outcome(o) + f"\n(saved: {saved})")
     print("\nServe it with TF Serving: tensorflow_model_server --port=8500 "
           f"--model_name={settings.model_name} --model_base_path={settings.push_base}")
     return 0

@@ -271,6 +271,9 @@ class Executor(BaseExampleGenExecutor):
             fh.write(json.dumps(summary, indent=2) + "\n")
         if msg:
             raise B.RejectedFractionError(f"{msg} (in {uri})", summary)
+        from absl import logging
+
+        logging.info("ExampleGen: %s", A.annotation_line(summary))
 
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, write_split.to_file_format_str(
@@ -281,5 +284,7 @@ class Executor(BaseExampleGenExecutor):
         for k, v in props.items():
             examples.set_string_custom_property(k, v)
         for k, v in {"examples_written": summary["examples"]["written"], "inputs": summary["in"],
-                     "rejected": summary["rejected"], "image_size": cfg.image_size}.items():
+                     "rejected": summary["rejected"], "image_size": cfg.image_size,
+                     **{f"annotated_{kind}": sum(v.get(kind, 0) for v in summary["annotated"].values())
+                        for kind in ("any", "gaze", "boxes")}}.items():
             examples.set_int_custom_property(k, int(v))

@@ -3,6 +3,7 @@
     CXR_TFP_OUTPUT_ROOT=gs://BUCKET/cxr-tfp CXR_TFP_RAW_ROOT=gs://BUCKET/raw \
         python pipeline/kubeflow_v2_runner.py            # writes cxr-tfp_pipeline.json
 
+Settings: ``pipeline/settings.json`` (see :mod:`pipeline.configs`) then ``CXR_TFP_*`` variables.
 Every component runs in the project image (``configs.PIPELINE_IMAGE``, built from the repo's
 Dockerfile). See pipeline/README.md for submitting the spec to a KFP v2 cluster or to Vertex.
 """
@@ -38,7 +39,12 @@ def compile_pipeline(settings: Optional[configs.PipelineSettings] = None,
     """Write the KFP v2 pipeline spec (JSON) and return its path."""
     from tfx import v1 as tfx
 
-    settings = settings or configs.PipelineSettings.from_env()
+    from pipeline.local_runner import creating_pipeline
+
+    creating = settings is None and creating_pipeline()
+    settings = settings or configs.PipelineSettings.load(configs.settings_path(__file__))
+    if creating:   # `tfx pipeline create --engine vertex`: the settings persist as for the local runner
+        settings.save(configs.settings_path(__file__))
     pipeline = create_pipeline(settings, schema_file=IMAGE_SCHEMA_FILE,
                                beam_args=kubeflow_beam_args(), local_metadata=False)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(

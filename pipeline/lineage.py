@@ -180,7 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.metadata is None:
         from pipeline import configs
 
-        a.metadata = configs.PipelineSettings.from_env().resolved_metadata_path
+        a.metadata = configs.PipelineSettings.load(configs.SETTINGS_FILE).resolved_metadata_path
     try:
         info = lineage(open_store(a.metadata), a.version)
     except (LookupError, FileNotFoundError) as exc:

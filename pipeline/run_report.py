@@ -27,6 +27,7 @@ class RunSummary:
     blessed: Optional[bool] = None
     pushed: Optional[bool] = None
     pushed_destination: Optional[str] = None
+    already_pushed_version: Optional[str] = None
 
     def uri(self, node: str, key: str) -> Optional[str]:
         uris = self.outputs.get(node, {}).get(key) or []
@@ -58,13 +59,31 @@ def run_count(metadata_path: str) -> int:
     return len(_store(metadata_path).get_contexts_by_type("pipeline_run"))
 
 
-def latest_run(metadata_path: str) -> RunSummary:
-    """Summarise the most recent pipeline run recorded in the SQLite store at ``metadata_path``."""
+# The node whose ModelBlessing the Pusher reads (pipeline.dag.BLESSING_GATE); TFMA's Evaluator
+# also writes one (never blessed: it has no thresholds).
+GATE_NODE = "BlessingGate"
+
+
+def run_ids(metadata_path: str) -> List[str]:
+    """Every pipeline run id in the store, oldest first."""
+    store = _store(metadata_path)
+    return [c.name for c in sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.id)]
+
+
+def latest_run(metadata_path: str, run_id: Optional[str] = None) -> RunSummary:
+    """Summarise the most recent pipeline run (or ``run_id``) in the SQLite store at ``metadata_path``."""
     store = _store(metadata_path)
     runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.id)
     if not runs:
         raise LookupError(f"no pipeline run recorded in {metadata_path}")
+    if run_id is not None:
+        chosen = [c for c in runs if c.name == run_id]
+        if not chosen:
+            raise LookupError(f"no pipeline run {run_id!r} in {metadata_path} "
+                              f"(latest: {runs[-1].name})")
+        runs = chosen
     run = runs[-1]
+    blessings: Dict[str, Optional[bool]] = {}
     states: Dict[str, str] = {}
     outputs: Dict[str, Dict[str, List[str]]] = {}
     summary = RunSummary(run_id=run.name, states=states, outputs=outputs)
@@ -82,13 +101,19 @@ def latest_run(metadata_path: str) -> RunSummary:
             outputs.setdefault(node, {}).setdefault(key, []).append(art.uri)
             if key == "blessing":
                 b = _int_prop(art, "blessed")
-                summary.blessed = None if b is None else bool(b)
+                blessings[node] = None if b is None else bool(b)
             if key == "pushed_model":
                 p = _int_prop(art, "pushed")
                 summary.pushed = None if p is None else bool(p)
                 dest = art.custom_properties.get("pushed_destination")
                 summary.pushed_destination = dest.string_value if dest is not None and \
                     dest.string_value else None
+                again = art.custom_properties.get("already_pushed_version")
+                summary.already_pushed_version = again.string_value if again is not None and \
+                    again.string_value else None
+    if blessings:
+        summary.blessed = blessings[GATE_NODE] if GATE_NODE in blessings else \
+            list(blessings.values())[-1]
     return summary
 
 

@@ -174,10 +174,29 @@ def test_records_not_matching_the_spec_are_named(data, tmp_path):
         train_model(small_cfg(), [plain], os.path.join(data, "eval"), str(tmp_path / "o"))
 
 
-def test_empty_annotated_subset_fails_before_training(data, tmp_path):
-    tr = write_split(str(tmp_path / "train"), make_records(16, 32, annotated_fraction=0.0))
-    with pytest.raises(ValueError, match="stage 2.*no annotated examples"):
-        train_model(small_cfg(), tr, os.path.join(data, "eval"), str(tmp_path / "o"))
+def test_without_annotations_stage2_is_skipped_and_the_cli_exits_0(tmp_path, capsys):
+    d = tmp_path / "d"
+    write_split(str(d / "train"), make_records(16, 32, annotated_fraction=0.0, seed=1))
+    write_split(str(d / "eval"), make_records(8, 32, seed=2))
+    out = tmp_path / "o"
+    # a run refused before it trained anything left its state behind: it must not block this one
+    out.mkdir()
+    (out / "state.json").write_text(json.dumps({"config": small_cfg(latent_dim=3).to_dict()}))
+    rc = main(["--data", str(d), "--out", str(out), "--config", os.path.join(REPO, "configs", "smoke.yaml"),
+               "--image-size", "32", "--stage1-epochs", "1", "--stage2-epochs", "2",
+               "--num-samples", "2", "--verbose", "0"])
+    err = capsys.readouterr()
+    assert rc == 0, err.err[-2000:]
+    skipped = [l for l in err.err.splitlines() if "stage 2 skipped" in l]
+    assert len(skipped) == 1 and "no annotated example" in skipped[0] and "16 training" in skipped[0]
+    assert json.loads(err.out.strip().splitlines()[-1])["final_stage"] == "stage1"
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["final_stage"] == "stage1" and "stage2" not in metrics
+    assert "nothing to distil" in metrics["stage2_skipped"] and metrics["annotated_examples"] == 0
+    assert (out / "saved_model" / "saved_model.pb").is_file()
+
+
+def test_an_annotation_kind_the_data_lacks_fails_before_training(data, tmp_path):
     gaze_free = write_split(str(tmp_path / "boxes"), make_records(16, 32, annotated_fraction=1.0))
     with pytest.raises(ValueError, match="annotation='gaze'"):
         # every annotated record here has a gaze map: drop it via the mode that needs only boxes

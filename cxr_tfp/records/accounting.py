@@ -89,6 +89,14 @@ def summarise(dataset, root, out, cfg, adapter, records, pre_rejected, worker_de
     }
 
 
+def annotation_line(summary: Dict[str, Any]) -> str:
+    """How many written examples carry each annotation kind, per split (one line for people)."""
+    ann = summary.get("annotated") or {}
+    parts = [f"{sp} {ann.get(sp, {}).get('any', 0)} (gaze {ann.get(sp, {}).get('gaze', 0)}, "
+             f"boxes {ann.get(sp, {}).get('boxes', 0)})" for sp in SPLITS]
+    return "annotated examples: " + ", ".join(parts)
+
+
 def write_dead_letters(out: Path, lines: List[Dict[str, str]], redact_sources: bool, salt) -> None:
     rows = []
     for d in lines:

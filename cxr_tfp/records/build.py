@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cxr_tfp.records.process import ProcessConfig
-from cxr_tfp.records.accounting import (TIMING_KEYS, check_fraction, empty_stats, rejected_line, summarise,
+from cxr_tfp.records.accounting import (TIMING_KEYS, annotation_line, check_fraction, empty_stats, rejected_line, summarise,
                                         write_dead_letters)
 from cxr_tfp.records.graph import examples_transform, write_work_shards
 from cxr_tfp.records.shards import SHARD_SUFFIX, fill_empty_shards, num_shards, write_sorted_shards
@@ -254,6 +254,7 @@ def build(dataset: str, root, out, image_size: int = DEFAULT_IMAGE_SIZE, workers
     wp = summary["written_per_split"]
     say(f"wrote {sum(wp.values())} examples (train {wp['train']}, eval {wp['eval']}, test {wp['test']}), "
         f"rejected {summary['rejected']} of {summary['in']} inputs, in {summary['seconds']:.1f} s -> {out}")
+    say(annotation_line(summary))
     return summary
 
 

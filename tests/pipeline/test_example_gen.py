@@ -97,6 +97,10 @@ def test_dead_letters_summary_and_properties_travel_with_the_artifact(built):
     assert get_s("label_tables_sha256") == EG.tables_checksum(root / "raw" / "1")
     assert get_i("examples_written") == summary["examples"]["written"]
     assert get_i("rejected") == summary["rejected"]
+    # how many examples carry each annotation kind (the outcome summary reads the same counts)
+    for kind in ("any", "gaze", "boxes"):
+        assert get_i(f"annotated_{kind}") == sum(v[kind] for v in summary["annotated"].values())
+    assert get_i("annotated_any") > 0 and ours["annotated"] == summary["annotated"]
     assert ours["span"] == 1 and ours["beam_options"] == ["--direct_running_mode=in_memory",
                                                           "--direct_num_workers=1"]
     assert not os.path.exists(os.path.join(examples.uri, ".scratch"))   # no work files left

@@ -13,7 +13,7 @@ from pipeline import configs
 from pipeline import dag as P
 
 COMPONENT_IDS = [P.EXAMPLE_GEN, P.STATISTICS_GEN, P.SCHEMA_GEN, P.EXAMPLE_VALIDATOR,
-                 P.ANOMALIES_GATE, P.TRAINER, P.RESOLVER, P.EVALUATOR, P.PUSHER]
+                 P.ANOMALIES_GATE, P.TRAINER, P.RESOLVER, P.EVALUATOR, P.BLESSING_GATE, P.PUSHER]
 
 
 @pytest.fixture()
@@ -103,23 +103,24 @@ def test_settings_from_env_and_unknown_override(monkeypatch, tmp_path):
         configs.PipelineSettings.from_env(no_such_setting=1)
 
 
-def test_eval_config_thresholds_only_on_macro_auc_overall():
+def test_tfma_reports_without_thresholds_and_the_gate_feeds_the_pusher(settings, train_config):
     from tensorflow_model_analysis.metrics import metric_specs
 
-    ec = P.eval_config(SYNTHETIC_FINDINGS, 0.65, 0.02)
+    ec = P.eval_config(SYNTHETIC_FINDINGS)
     spec = ec.model_specs[0]
     assert (spec.label_key, spec.prediction_key, spec.signature_name) == (
         F.LABELS, MD.PROBABILITIES_FULL, MD.SERVING_SIGNATURE)
-    thresholds = metric_specs.metric_thresholds_from_metrics_specs(ec.metrics_specs, ec)
-    assert len(thresholds) == 2  # the macro AUC value and its diff against the baseline
-    for key, entries in thresholds.items():
-        assert key.name == "auc" and key.aggregation_type.macro_average and key.sub_key is None
-        (slice_spec, threshold), = entries
-        assert not slice_spec.feature_keys  # the overall slice
-        if key.is_diff:
-            assert threshold.absolute.value == pytest.approx(-0.02)
-        else:
-            assert threshold.lower_bound.value == pytest.approx(0.65)
+    # TFMA decides nothing (so its never-blessed ModelBlessing cannot mislead the resolver)
+    assert metric_specs.metric_thresholds_from_metrics_specs(ec.metrics_specs, ec) == {}
+    settings.gate_min_positives = 7
+    comps = _by_id(P.create_pipeline(settings, train_config=train_config))
+    gate, pusher = comps[P.BLESSING_GATE], comps[P.PUSHER]
+    assert pusher.inputs["model_blessing"].producer_component_id == P.BLESSING_GATE
+    assert gate.inputs["baseline_model"].producer_component_id == P.RESOLVER
+    assert gate.inputs["model"].producer_component_id == P.TRAINER
+    opts = json.loads(gate.exec_properties["options"])
+    assert opts["min_positives"] == 7 and opts["lower_bound"] == settings.macro_auc_lower_bound
+    assert opts["split"] == "test"
     macro, per_finding = ec.metrics_specs
     assert sorted(macro.aggregate.class_weights) == sorted(indices(SYNTHETIC_FINDINGS))
     assert list(per_finding.binarize.class_ids.values) == indices(SYNTHETIC_FINDINGS)

@@ -34,8 +34,10 @@ IMAGE_SIZE = 32
 SIZES = {"train": 50, "eval": 20, "test": 30}
 GOOD = {"image_size": IMAGE_SIZE, "stage1_epochs": 4, "stage2_epochs": 1, "verbose": 0}
 WORSE = dict(GOOD, stage1_lr=1e-9, stage2_lr=1e-9, stage1_epochs=1, stage2_epochs=0)
-LOWER_BOUND = 0.3   # a floor the worse model may pass: its rejection must come from the change
+LOWER_BOUND = 0.3   # the floor for the lower end of the macro AUROC's 95% interval
 MAX_DROP = 0.01
+# 30 test images: a finding counts in the gate's macro with >= 3 positives and negatives there
+GATE_MIN = 3
 
 
 def _run(settings, overrides):
@@ -66,7 +68,9 @@ def first_run(tmp_path_factory):
     """The one pipeline run of the default test set."""
     root = tmp_path_factory.mktemp("tfx_e2e")
     write_raw_span(root, 1)
-    settings = raw_settings(root, macro_auc_lower_bound=LOWER_BOUND, macro_auc_max_drop=MAX_DROP)
+    settings = raw_settings(root, macro_auc_lower_bound=LOWER_BOUND, macro_auc_max_drop=MAX_DROP,
+                            gate_min_positives=GATE_MIN, gate_min_negatives=GATE_MIN,
+                            gate_bootstrap=200)
     out = {"settings": settings}
     out["first"] = _run(settings, GOOD)
     out["versions_after_first"] = R.pushed_versions(settings.push_base)
@@ -130,7 +134,21 @@ def test_first_run_blesses_and_pushes_a_servable_model(first_run):
     assert len(per_finding) == len(SYNTHETIC_FINDINGS)
     assert overall["macro_auc"] == pytest.approx(np.mean(per_finding), abs=1e-6)
     assert "macro_auc_diff" not in overall  # no baseline on the first run
-    assert R.validation_failures(first.uri(P.EVALUATOR, "evaluation")) == []
+    assert R.validation_failures(first.uri(P.EVALUATOR, "evaluation")) == []  # TFMA reports only
+    # The blessing gate decided: the macro over the findings with enough positives, its 95% interval
+    # (patient bootstrap) above the floor; the same numbers in the outcome summary.
+    from pipeline.blessing_gate import read_gate
+    from pipeline.report import format_outcome, outcome
+
+    gate = read_gate(first.uri(P.BLESSING_GATE, "blessing"))
+    assert gate["blessed"] is True and gate["reason"].startswith("blessed: macro AUROC")
+    assert gate["images"] == SIZES["test"] and gate["baseline"] is None
+    assert len(gate["counted"]) + len(gate["left_out"]) == len(SYNTHETIC_FINDINGS)
+    assert all(c["positives"] >= GATE_MIN and c["negatives"] >= GATE_MIN for c in gate["counted"])
+    assert LOWER_BOUND <= gate["ci_low"] <= gate["macro_auroc"] <= gate["ci_high"] <= 1.0
+    text = format_outcome(outcome(s.resolved_metadata_path)).splitlines()
+    assert "blessed: yes" in text and f"pushed: {versions[0]}" in text
+    assert any(line.startswith("data      : span 1 of synthetic") for line in text), text
 
 
 @pytest.mark.slow  # two more LocalDagRunner runs
@@ -159,9 +177,11 @@ def test_worse_model_is_not_blessed_and_pushes_nothing(runs):
     evaluation = worse.uri(P.EVALUATOR, "evaluation")
     overall = R.read_metrics(evaluation)["overall"]
     assert overall["macro_auc_diff"] < -MAX_DROP
-    failures = R.validation_failures(evaluation)
-    assert any(line.startswith("overall: auc (macro) change vs baseline") for line in failures), \
-        failures
+    from pipeline.blessing_gate import read_gate
+
+    gate = read_gate(worse.uri(P.BLESSING_GATE, "blessing"))
+    assert gate["blessed"] is False and gate["baseline"]["difference"] < -MAX_DROP
+    assert "against the last blessed model" in gate["reason"], gate["reason"]
 
 
 def test_lineage_leads_from_the_pushed_version_to_the_raw_folder(first_run):
@@ -181,7 +201,7 @@ def test_lineage_leads_from_the_pushed_version_to_the_raw_folder(first_run):
     assert info["model"] == first.uri(P.TRAINER, "model")
     assert info["blessing"]["blessed"] is True and info["blessing"]["baseline_model"] is None
     assert [(e["node"], e["state"]) for e in info["executions"]] == [
-        (P.EXAMPLE_GEN, "COMPLETE"), (P.TRAINER, "COMPLETE"), (P.EVALUATOR, "COMPLETE"),
+        (P.EXAMPLE_GEN, "COMPLETE"), (P.TRAINER, "COMPLETE"), (P.BLESSING_GATE, "COMPLETE"),
         (P.PUSHER, "COMPLETE")]
     assert info["pushed_destination"] == os.path.join(s.push_base, version)
     text = L.format_lineage(info)

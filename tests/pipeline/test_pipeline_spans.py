@@ -24,7 +24,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tfx_spans")
     write_raw_span(root, 1, seed=0)
     # a generous drop allowance: the span-2 model is pushed whatever its AUROC on the small test split
-    settings = raw_settings(root, macro_auc_lower_bound=0.0, macro_auc_max_drop=1.0)
+    settings = raw_settings(root, macro_auc_lower_bound=0.0, macro_auc_max_drop=1.0,
+                            gate_min_positives=3, gate_min_negatives=3, gate_bootstrap=200)
     out = {"settings": settings, "root": root}
     out["first"] = _run(settings, GOOD)
     out["v1"] = R.pushed_versions(settings.push_base)

@@ -188,6 +188,11 @@ def test_real_nih_sample(shared_data, tmp_path):
     assert s["examples"] == {"in": 24, "written": 24, "rejected": 0}
     assert s["annotations"] == {"in": 12, "written": 12, "rejected": 0}
     assert sum(v["boxes"] for v in s["annotated"].values()) == 12
+    from cxr_tfp.records.accounting import annotation_line
+
+    line = annotation_line(s)   # the build's last progress line (and the pipeline's ExampleGen log)
+    assert line.startswith("annotated examples: train ") and line.count("boxes") == 3
+    assert sum(int(x) for x in __import__("re").findall(r"boxes (\d+)", line)) == 12
     assert s["skipped"]["label row without its image on disk (partial download)"] == 112096
     got = read_records(tmp_path / "nih")
     assert sum(len(v) for v in got.values()) == 24
