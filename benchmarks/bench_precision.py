@@ -135,6 +135,9 @@ def main() -> int:
     theirs = {m: [] for m in a.torch_modes.split(",") if m} if torch_ok else {}
     loads = [_load()]
     common = ["--threads", str(a.threads), "--reps", str(a.reps), "--image-size", str(a.image_size)]
+    # torch's OpenMP threads spin at barriers; on a shared, overloaded machine that collapses a
+    # 2-thread forward by 10x or more (docs/weights.md). Passive waiting is torch's best setting there.
+    torch_env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     with tempfile.TemporaryDirectory() as work:
         _export(work, a.backbone, a.image_size, modes)
         for r in range(a.rounds):
@@ -145,7 +148,7 @@ def main() -> int:
                 try:
                     out = _run([a.torch_python, str(REPO / "benchmarks" / "txrv_worker.py"), "--modes", tm,
                                 "--threads", str(a.threads), "--rounds", str(a.reps),
-                                "--image-size", str(a.image_size)])
+                                "--image-size", str(a.image_size)], env=torch_env)
                     theirs[tm].append(out[tm])
                 except RuntimeError as exc:
                     print(f"torchxrayvision {tm} skipped: {exc}")
