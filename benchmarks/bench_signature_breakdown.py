@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--jit", action="store_true", help="also time the backbone compiled with XLA")
+    p.add_argument("--chunks", default="",
+                   help="also time the backbone run over the batch in sequential chunks of these sizes")
     p.add_argument("--json", default=None, help="also write the medians to this file")
     a = p.parse_args(argv)
 
@@ -82,6 +84,14 @@ def main(argv=None) -> int:
         if a.jit:
             stages[(prec, "backbone (XLA)")] = (tf.function(lambda x, m=model: m.features(x, training=False),
                                                             jit_compile=True), "image")
+        for k in [int(c) for c in a.chunks.split(",") if c]:
+            def chunked(x, m=model, k=k):
+                # [B, ...] -> [B/k, k, ...] (B < k or a multiple of k here), one backbone call per chunk.
+                xs = tf.reshape(x, tf.concat([[-1, tf.minimum(k, tf.shape(x)[0])], tf.shape(x)[1:]], 0))
+                ys = tf.map_fn(lambda c: m.features(c, training=False), xs, parallel_iterations=1,
+                               fn_output_signature=tf.float32)
+                return tf.reshape(ys, tf.concat([[-1], tf.shape(ys)[2:]], 0))
+            stages[(prec, f"backbone, chunks of {k}")] = (tf.function(chunked, reduce_retracing=True), "image")
         stages[(prec, "head+samples")] = (head, "fmap")
         stages[(prec, "whole signature")] = (lambda b, w=whole: w(**{MD.IMAGES_INPUT: b})[MD.PROBABILITIES],
                                              "png")
