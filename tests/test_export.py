@@ -122,3 +122,16 @@ def test_default_export_is_bfloat16_on_a_bfloat16_cpu_and_says_so(monkeypatch, t
     b = tf.saved_model.load(d).signatures[MD.IMAGE_SIGNATURE](**{MD.IMAGES_INPUT: pngs})[MD.PROBABILITIES].numpy()
     assert not np.array_equal(a, b)                # it really computes in bfloat16
     assert np.abs(a - b).max() <= 0.01
+
+
+@pytest.mark.slow
+def test_xla_backbone_export_matches(tmp_path, exported):
+    """``--jit-compile``: the backbone compiled by XLA inside the signature gives the same outputs."""
+    model, _, loaded32 = exported
+    d = str(tmp_path / "xla")
+    export_saved_model(model, d, precision="float32", jit_compile=True)
+    assert MD.read_serving_info(d)["backbone_jit_compile"] is True
+    pngs = tf.constant(sample_inputs(32, 2)[0])
+    a = loaded32.signatures[MD.IMAGE_SIGNATURE](**{MD.IMAGES_INPUT: pngs})[MD.PROBABILITIES].numpy()
+    b = tf.saved_model.load(d).signatures[MD.IMAGE_SIGNATURE](**{MD.IMAGES_INPUT: pngs})[MD.PROBABILITIES].numpy()
+    np.testing.assert_allclose(a, b, atol=1e-5)
