@@ -22,6 +22,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--modes", default="float32,bfloat16")
     a = p.parse_args()
     import numpy as np
     import torch
@@ -35,7 +36,7 @@ def main() -> int:
     x16 = torch.from_numpy(rng.uniform(-1024, 1024, (16, 1, a.image_size, a.image_size)).astype(np.float32))
     x1 = x16[:1]
     out = {}
-    for mode in ("float32", "bfloat16"):
+    for mode in a.modes.split(","):
         ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bfloat16" else torch.autocast("cpu", enabled=False))
         with torch.inference_mode(), ctx:
             model(x16)
@@ -45,10 +46,14 @@ def main() -> int:
                 t = time.perf_counter()
                 model(x16)
                 tput.append(16 / (time.perf_counter() - t))
+            for _ in range(3 * a.rounds):           # as bench_precision's worker: 3 batch-1 calls per batch 16
                 t = time.perf_counter()
                 model(x1)
                 lat.append((time.perf_counter() - t) * 1000)
-        out[mode] = {"images_per_s": float(np.median(tput)), "batch1_ms": float(np.median(lat))}
+        with open("/proc/self/status") as fh:
+            hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+        out[mode] = {"images_per_s": float(np.median(tput)), "batch1_ms": float(np.median(lat)),
+                     "peak_rss_mib": hwm / 1024}
     print(json.dumps({"torch": torch.__version__, "threads": a.threads, **out}))
     return 0
 

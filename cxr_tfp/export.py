@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -27,8 +27,8 @@ from cxr_tfp.model_dir import WARMUP_FILE, WEIGHTS_ASSET
 
 
 def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
-                  thresholds: Dict[str, float], weights_path: str,
-                  provenance: Optional[Dict[str, Dict[str, object]]] = None):
+                  thresholds: Dict[str, float], weights_path: str, serving_path: str,
+                  provenance: Optional[Dict[str, Dict[str, object]]] = None, jit_compile: bool = False):
     import tensorflow as tf
 
     from cxr_tfp.preprocess import decode_image_tensor
@@ -41,6 +41,11 @@ def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
     sources = tf.constant([str((prov.get(f) or {}).get("source", "unknown")) for f in model.findings], tf.string)
     positives = tf.constant([int((prov.get(f) or {}).get("positives", -1)) for f in model.findings], tf.int32)
 
+    # XLA compiles the backbone alone (one cluster per batch size seen); decoding (string ops) and
+    # the head stay on TensorFlow's kernels.
+    features = tf.function(lambda x: model.features(x, training=False), jit_compile=True) \
+        if jit_compile else (lambda x: model.features(x, training=False))
+
     class ServingModule(tf.Module):
         def __init__(self):
             super().__init__(name="cxr_serving")
@@ -48,14 +53,14 @@ def _build_module(model, num_samples: int, label_path: str, threshold_path: str,
             self.labels_asset = tf.saved_model.Asset(label_path)
             self.thresholds_asset = tf.saved_model.Asset(threshold_path)
             self.weights_asset = tf.saved_model.Asset(weights_path)
+            self.serving_asset = tf.saved_model.Asset(serving_path)
 
         def _predict_encoded(self, encoded):
             # Under a real tensorflow_model_server an empty batch would otherwise fail deep in a conv.
             tf.debugging.assert_positive(tf.size(encoded), message="empty batch: send at least one image")
             images = tf.map_fn(lambda b: decode_image_tensor(b, size), encoded,
                                fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
-            mean, std = self.model.predict_from_features(self.model.features(images, training=False),
-                                                         num_samples)
+            mean, std = self.model.predict_from_features(features(images), num_samples)
             return mean, std
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=MD.EXAMPLES_INPUT)])
@@ -131,7 +136,14 @@ def write_warmup(export_dir: str, image_size: int, model_name: str = MD.MODEL_NA
     return path
 
 
-SERVE_PRECISIONS = ("float32", "bfloat16")
+SERVE_PRECISIONS = ("auto", "float32", "bfloat16")
+DEFAULT_SERVE_PRECISION = "auto"
+
+# TF Serving flags the export records beside the model (assets/serving.json): one session whose
+# kernels use every core (a DenseNet is a chain of concatenations: little to run side by side, so one
+# inter-op thread), server-side batching as serving/batching_parameters.txt sets it.
+TF_SERVING_FLAGS = ("--tensorflow_intra_op_parallelism=0", "--tensorflow_inter_op_parallelism=1",
+                    "--enable_batching=true", "--batching_parameters_file=serving/batching_parameters.txt")
 
 
 def cpu_has_bfloat16() -> bool:
@@ -144,11 +156,22 @@ def cpu_has_bfloat16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
-def with_serving_precision(model, precision: str = "float32"):
-    """``model`` itself for float32; for bfloat16 a copy whose backbone computes in bfloat16
-    (Keras ``mixed_bfloat16``: float32 variables, bfloat16 matmuls/convs; the head stays float32)."""
+def resolve_precision(precision: str = DEFAULT_SERVE_PRECISION) -> Tuple[str, str]:
+    """``(float32|bfloat16, why)`` for a requested serving precision; ``auto`` takes bfloat16 where
+    this CPU has bfloat16 units (the export machine is taken to be the serving machine's kind)."""
     if precision not in SERVE_PRECISIONS:
         raise ValueError(f"serving precision {precision!r} is not one of {list(SERVE_PRECISIONS)}")
+    if precision != "auto":
+        return precision, "asked for"
+    if cpu_has_bfloat16():
+        return "bfloat16", "auto: this CPU has bfloat16 units (avx512_bf16/amx_bf16)"
+    return "float32", "auto: this CPU has no bfloat16 units (bfloat16 would be emulated, slower)"
+
+
+def with_serving_precision(model, precision: str = "float32"):
+    """``model`` itself for float32 (``auto``: see :func:`resolve_precision`); for bfloat16 a copy whose backbone computes in bfloat16
+    (Keras ``mixed_bfloat16``: float32 variables, bfloat16 matmuls/convs; the head stays float32)."""
+    precision = resolve_precision(precision)[0]
     if precision == "float32" or getattr(model, "precision", "float32") == "mixed_bfloat16":
         return model
     cfg = model.get_config()
@@ -162,26 +185,33 @@ def with_serving_precision(model, precision: str = "float32"):
 
 def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None,
                        thresholds: Optional[Dict[str, float]] = None,
-                       model_name: str = MD.MODEL_NAME, precision: str = "float32") -> str:
+                       model_name: str = MD.MODEL_NAME, precision: str = DEFAULT_SERVE_PRECISION,
+                       jit_compile: bool = False) -> str:
     """Export ``model`` (a CxrModel) as a SavedModel in ``export_dir``; returns ``export_dir``.
 
     ``thresholds`` (finding -> operating threshold) default to ``model.thresholds`` (0.5 each when
     the model was never evaluated). On a local file system the SavedModel is written beside
     ``export_dir`` and swapped in complete (:mod:`cxr_tfp.staging`): a killed or failed export never
     leaves a half-written model where TF Serving looks, and the previous one stays until then.
-    ``precision="bfloat16"`` serves with a bfloat16 backbone (fast on CPUs with bfloat16 units, see
-    :func:`cpu_has_bfloat16`; probabilities within 0.01 of float32).
+    ``precision``: ``auto`` (default) serves with a bfloat16 backbone where this CPU has bfloat16
+    units (:func:`cpu_has_bfloat16`) and float32 elsewhere; ``float32`` / ``bfloat16`` force one.
+    The choice and its reason are written to ``assets/serving.json``. ``jit_compile`` compiles the
+    backbone with XLA inside the signatures (measured slower on CPU here: docs/weights.md).
     """
-    model = with_serving_precision(model, precision)
+    chosen, why = resolve_precision(precision)
+    info = {"precision_requested": precision, "precision": chosen, "reason": why,
+            "cpu_bfloat16_units": cpu_has_bfloat16(), "backbone_jit_compile": bool(jit_compile),
+            "tf_serving_flags": list(TF_SERVING_FLAGS)}
+    model = with_serving_precision(model, chosen)
     if "://" in str(export_dir):  # object stores (gs://): no atomic rename, write in place
-        return _export(model, str(export_dir), num_samples, thresholds, model_name)
+        return _export(model, str(export_dir), num_samples, thresholds, model_name, info)
     from cxr_tfp import staging as S
 
     final = os.path.abspath(os.fspath(export_dir))
     S.check_replaceable(final, MD.SAVED_MODEL_ENTRIES)
     stage = S.make_staging(final)
     try:
-        _export(model, str(stage), num_samples, thresholds, model_name)
+        _export(model, str(stage), num_samples, thresholds, model_name, info)
         S.swap_in(stage, final)
     finally:
         if stage.exists():
@@ -192,7 +222,7 @@ def export_saved_model(model, export_dir: str, num_samples: Optional[int] = None
 
 
 def _export(model, export_dir: str, num_samples: Optional[int], thresholds: Optional[Dict[str, float]],
-            model_name: str) -> str:
+            model_name: str, info: Dict[str, object]) -> str:
     import tensorflow as tf
 
     s = int(num_samples or model.num_samples)
@@ -211,7 +241,11 @@ def _export(model, export_dir: str, num_samples: Optional[int], thresholds: Opti
         weights_path = os.path.join(tmp, WEIGHTS_ASSET)
         with open(weights_path, "w") as fh:
             json.dump(getattr(model, "weights_source", None), fh, indent=2)
-        module = _build_module(model, s, label_path, threshold_path, thr, weights_path, prov)
+        serving_path = os.path.join(tmp, MD.SERVING_ASSET)
+        with open(serving_path, "w") as fh:
+            json.dump({**info, "num_samples": s}, fh, indent=2)
+        module = _build_module(model, s, label_path, threshold_path, thr, weights_path, serving_path,
+                               provenance=prov, jit_compile=bool(info.get("backbone_jit_compile")))
         signatures = {
             MD.SERVING_SIGNATURE: _rename_inputs(module.serve_examples, MD.EXAMPLES_INPUT),
             MD.IMAGE_SIGNATURE: _rename_inputs(module.serve_images, MD.IMAGES_INPUT),
@@ -248,14 +282,20 @@ def main(argv=None) -> int:
     p.add_argument("model", help="path to model.keras")
     p.add_argument("export_dir", help=f"the version folder: <serving_root>/{MD.MODEL_NAME}/<version> (see below)")
     p.add_argument("--num-samples", type=int, default=None, help="latent samples in the signatures")
-    p.add_argument("--precision", choices=SERVE_PRECISIONS, default="float32",
-                   help="serving precision of the backbone: bfloat16 is faster on CPUs with bfloat16 "
-                        "units (AVX512-BF16 / AMX) and GPUs [float32]")
+    p.add_argument("--precision", choices=SERVE_PRECISIONS, default=DEFAULT_SERVE_PRECISION,
+                   help="serving precision of the backbone: auto = bfloat16 where this CPU has "
+                        "bfloat16 units (AVX512-BF16 / AMX), else float32; export on the kind of "
+                        "machine that serves [auto]")
+    p.add_argument("--jit-compile", action="store_true",
+                   help="compile the backbone with XLA inside the signatures (slower on CPU here)")
     a = p.parse_args(argv)
     if a.precision == "bfloat16" and not cpu_has_bfloat16():
         print("note: this CPU has no bfloat16 units; bfloat16 serving will be emulated (slower) here",
               file=sys.stderr)
-    print(export_saved_model(load_model(a.model), a.export_dir, a.num_samples, precision=a.precision))
+    chosen, why = resolve_precision(a.precision)
+    print(f"serving precision: {chosen} ({why})", file=sys.stderr)
+    print(export_saved_model(load_model(a.model), a.export_dir, a.num_samples, precision=a.precision,
+                             jit_compile=a.jit_compile))
     return 0
 
 

@@ -6,6 +6,7 @@ One exported model is a SavedModel folder::
     <export_dir>/assets/labels.txt                       finding names, one a line, in output order
     <export_dir>/assets/thresholds.json                  {finding: {"threshold", "source", "method", "split",
                                                                     "positives", "negatives"}}
+    <export_dir>/assets/serving.json                     precision (asked, chosen, why), XLA, TF Serving flags
     <export_dir>/assets.extra/tf_serving_warmup_requests PredictionLogs replayed by TF Serving at load
 
 TF Serving serves a *base path* ``<serving_root>/<MODEL_NAME>/<version>/`` (numeric version
@@ -52,6 +53,7 @@ ASSETS_DIR = "assets"
 LABELS_ASSET = "labels.txt"            # one finding per line, in model output order
 THRESHOLDS_ASSET = "thresholds.json"   # {finding: {"threshold": t, "source": ..., ...}} (older: {finding: t})
 WEIGHTS_ASSET = "weights.json"         # what the backbone started from (cxr_tfp.weights; null = random init)
+SERVING_ASSET = "serving.json"         # how the export computes: precision asked / chosen, CPU units, XLA
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # What a SavedModel folder may hold; anything else in an existing export_dir is refused, not deleted.
 SAVED_MODEL_ENTRIES = (SAVED_MODEL_FILE, "saved_model.pbtxt", "variables", ASSETS_DIR, "assets.extra",
@@ -183,3 +185,13 @@ def read_assets(export_dir: PathLike) -> Tuple[Optional[List[str]], Optional[Dic
     labels = list(read_labels(export_dir)) if labels_path(export_dir).is_file() else None
     thresholds = read_thresholds(export_dir) if thresholds_path(export_dir).is_file() else None
     return labels, thresholds
+
+
+def serving_info_path(export_dir: PathLike) -> Path:
+    return Path(export_dir, ASSETS_DIR, SERVING_ASSET)
+
+
+def read_serving_info(export_dir: PathLike) -> Optional[Dict[str, object]]:
+    """The export's ``assets/serving.json`` (precision chosen and why, XLA), None for older exports."""
+    path = serving_info_path(export_dir)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -23,7 +23,9 @@ def exported(tmp_path_factory):
     model = build_model(cfg)
     model.thresholds = {"Mass": 0.2, "Effusion": 0.7}
     d = str(tmp_path_factory.mktemp("export") / "sm")
-    assert export_saved_model(model, d) == d
+    # float32 forced: these tests compare with the Keras model to 1e-6 on any CPU (auto would pick
+    # bfloat16 on one with bfloat16 units).
+    assert export_saved_model(model, d, precision="float32") == d
     return model, d, tf.saved_model.load(d)
 
 
@@ -89,3 +91,51 @@ def test_warmup_requests_cover_both_signatures(exported):
             req.model_spec.signature_name]
         out = loaded.signatures[req.model_spec.signature_name](**{key: tf.make_ndarray(proto)})
         assert np.all(np.isfinite(out[MD.PROBABILITIES].numpy()))
+
+
+@pytest.mark.parametrize("units", [False, True])
+def test_auto_precision_follows_the_cpus_bfloat16_units(monkeypatch, units):
+    from cxr_tfp import export as E
+
+    monkeypatch.setattr(E, "cpu_has_bfloat16", lambda: units)
+    chosen, why = E.resolve_precision()           # the default is auto
+    assert E.DEFAULT_SERVE_PRECISION == "auto"
+    assert chosen == ("bfloat16" if units else "float32") and why.startswith("auto")
+    assert E.resolve_precision("float32") == ("float32", "asked for")
+    with pytest.raises(ValueError, match="float16"):
+        E.resolve_precision("float16")
+
+
+def test_default_export_is_bfloat16_on_a_bfloat16_cpu_and_says_so(monkeypatch, tmp_path, exported):
+    """What a user gets with no flag on a CPU with bfloat16 units: a bfloat16 backbone, recorded in
+    assets/serving.json, within 0.01 of the float32 export (which records that it was asked for)."""
+    from cxr_tfp import export as E
+
+    model, d32, loaded32 = exported
+    info32 = MD.read_serving_info(d32)
+    assert info32["precision"] == "float32" and info32["precision_requested"] == "float32"
+    assert info32["num_samples"] == 6 and info32["backbone_jit_compile"] is False
+    monkeypatch.setattr(E, "cpu_has_bfloat16", lambda: True)
+    d = str(tmp_path / "auto")
+    export_saved_model(model, d)
+    info = MD.read_serving_info(d)
+    assert (info["precision_requested"], info["precision"], info["cpu_bfloat16_units"]) == ("auto", "bfloat16", True)
+    assert "--tensorflow_inter_op_parallelism=1" in info["tf_serving_flags"]
+    pngs = tf.constant(sample_inputs(32, 3)[0])
+    a = loaded32.signatures[MD.IMAGE_SIGNATURE](**{MD.IMAGES_INPUT: pngs})[MD.PROBABILITIES].numpy()
+    b = tf.saved_model.load(d).signatures[MD.IMAGE_SIGNATURE](**{MD.IMAGES_INPUT: pngs})[MD.PROBABILITIES].numpy()
+    assert not np.array_equal(a, b)                # it really computes in bfloat16
+    assert np.abs(a - b).max() <= 0.01
+
+
+@pytest.mark.slow
+def test_xla_backbone_export_matches(tmp_path, exported):
+    """``--jit-compile``: the backbone compiled by XLA inside the signature gives the same outputs."""
+    model, _, loaded32 = exported
+    d = str(tmp_path / "xla")
+    export_saved_model(model, d, precision="float32", jit_compile=True)
+    assert MD.read_serving_info(d)["backbone_jit_compile"] is True
+    pngs = tf.constant(sample_inputs(32, 2)[0])
+    a = loaded32.signatures[MD.IMAGE_SIGNATURE](**{MD.IMAGES_INPUT: pngs})[MD.PROBABILITIES].numpy()
+    b = tf.saved_model.load(d).signatures[MD.IMAGE_SIGNATURE](**{MD.IMAGES_INPUT: pngs})[MD.PROBABILITIES].numpy()
+    np.testing.assert_allclose(a, b, atol=1e-5)

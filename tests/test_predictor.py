@@ -21,7 +21,7 @@ def _save_and_export(out, backbone, weights=None):
                                     hidden_dim=8, num_samples=4, seed=5, weights=weights))
     model.thresholds = {"Cardiomegaly": 0.3, "Effusion": 0.5, "Mass": 0.7, "Nodule": 0.99}
     model.save(str(out / "model.keras"))
-    export_saved_model(model, str(out / "f32"))
+    export_saved_model(model, str(out / "f32"), precision="float32")   # forced: auto may be bfloat16
     export_saved_model(model, str(out / "bf16"), precision="bfloat16")
     return model, out
 
@@ -131,3 +131,27 @@ def test_bfloat16_serving_densenet_from_torchxrayvision_weights(tmp_path, nih_im
     model, out = _save_and_export(tmp_path, "densenet_tiny", TXRV)
     assert cxr_tfp.load(str(out / "f32")).weights_source["kind"] == "torchxrayvision"
     assert _bf16_vs_f32(model, out, nih_images) <= 0.01
+
+
+@pytest.mark.slow
+def test_bfloat16_serving_of_a_trained_densenet_on_all_nih_images(tmp_path, shared_data):
+    """Issue 22 point 3: a TRAINED DenseNet (from the converted torchxrayvision fixture, both stages
+    on synthetic records), exported float32 and bfloat16, within 0.01 on all 24 NIH sample images."""
+    from cxr_tfp.config import load_config
+    from cxr_tfp.model import load_model
+    from cxr_tfp.train import train_model
+    from tests.model.synth import write_dataset
+
+    write_dataset(str(tmp_path / "data"), n_train=64, n_eval=32, size=64)
+    cfg = load_config(os.path.join(REPO, "configs", "smoke.yaml")).to_dict()
+    cfg.update(dict(backbone="densenet_tiny", weights=TXRV, image_size=64, stage1_epochs=3,
+                    stage2_epochs=1, num_samples=8, verbose=0))
+    metrics = train_model(TrainConfig.from_dict(cfg), str(tmp_path / "data" / "train"),
+                          str(tmp_path / "data" / "eval"), str(tmp_path / "run"))
+    assert metrics                                   # it trained and evaluated
+    model = load_model(str(tmp_path / "run" / "model.keras"))
+    export_saved_model(model, str(tmp_path / "f32"), precision="float32")
+    export_saved_model(model, str(tmp_path / "bf16"), precision="bfloat16")
+    files = sorted(str(p) for p in (shared_data / "nih-sample" / "images").glob("*.png"))
+    assert len(files) == 24
+    assert _bf16_vs_f32(model, tmp_path, files) <= 0.01
