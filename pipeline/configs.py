@@ -7,7 +7,8 @@ or a number.
 Where a value comes from, weakest first: the defaults below; the settings file beside the runner
 (``pipeline/settings.json``: written by ``tfx pipeline create`` from the ``CXR_TFP_*`` variables it
 was given, or written / edited by the user before ``create``); then ``CXR_TFP_*`` variables of the
-run itself (one-off overrides, never saved by a run). ``tfx run create`` runs the runner afresh
+run itself, only for settings the file does not hold (one-off, never saved by a run; a variable for
+a saved setting is ignored and listed, so a shell's leftovers cannot move a pipeline to other data). ``tfx run create`` runs the runner afresh
 with whatever environment that shell has, so the file is what makes a pipeline's settings persist
 (as the TFX templates' ``configs.py`` does). :func:`summary_lines` says where each value came from.
 """
@@ -192,6 +193,7 @@ class PipelineSettings:
     # Where each value came from (setting -> "default" / "settings file F" / "environment VAR" ...);
     # not a setting itself.
     sources: Dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    ignored: List[str] = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     def source(self, name: str) -> str:
         return self.sources.get(name, "default")
@@ -203,14 +205,26 @@ class PipelineSettings:
 
     @classmethod
     def load(cls, path: Optional[str] = None, *, environ: Optional[Mapping[str, str]] = None,
-             **overrides: Any) -> "PipelineSettings":
+             saving: bool = False, **overrides: Any) -> "PipelineSettings":
         """Defaults, then the settings file at ``path`` (when it exists), then ``CXR_TFP_*``
-        variables of ``environ`` (default ``os.environ``), then keyword overrides."""
+        variables of ``environ`` (default ``os.environ``), then keyword overrides.
+
+        A value the settings file holds is what every run uses, whatever the run's environment
+        holds: a ``CXR_TFP_*`` variable for it is ignored and listed in :attr:`ignored` (a variable
+        left over in a shell must not move a hospital's pipeline to other data). Only ``saving``
+        (``tfx pipeline create`` / ``update``) lets the environment replace saved values. Variables
+        for settings the file does not hold apply to that run only, and are labelled so."""
         environ = os.environ if environ is None else environ
         s = cls()
+        saved: Dict[str, Any] = {}
         if path and os.path.isfile(path):
-            s._apply(read_settings_file(path), f"settings file {path}")
+            saved = read_settings_file(path)
+            s._apply(saved, f"settings file {path}")
         for name, (var, parse) in ENV_VARS.items():
+            if var in environ and name in saved and not saving:
+                if str(environ[var]) != _as_env_text(saved[name]):
+                    s.ignored.append(var)
+                continue
             if var in environ:
                 try:
                     value = parse(environ[var])
@@ -256,6 +270,15 @@ class PipelineSettings:
         return path
 
 
+def _as_env_text(value: Any) -> str:
+    """A saved value as the variable would spell it (to tell a repeated variable from a changed one)."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
 def _optional(v: str) -> Optional[str]:
     return v or None
 
@@ -284,7 +307,7 @@ ENV_VARS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     "gate_min_negatives": ("CXR_TFP_GATE_MIN_NEGATIVES", int),
     "gate_min_findings_fraction": ("CXR_TFP_GATE_MIN_FINDINGS_FRACTION", float),
 }
-SETTING_NAMES = tuple(f.name for f in dataclasses.fields(PipelineSettings) if f.name != "sources")
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(PipelineSettings) if f.name not in ("sources", "ignored"))
 _PATH_SETTINGS = ("output_root", "raw_root", "data_root", "pipeline_root", "metadata_path",
                   "serving_root", "train_config_path")
 
@@ -333,7 +356,8 @@ def summary_lines(s: PipelineSettings) -> Sequence[str]:
         f"blessed <= {s.macro_auc_max_drop}"
         f"{src('macro_auc_lower_bound', 'macro_auc_max_drop', 'gate_min_positives', 'gate_min_negatives', 'gate_min_findings_fraction')}",
         f"beam args       : {' '.join(s.beam_args)}{src('beam_args')}",
-    )
+    ) + ((f"ignored         : {', '.join(s.ignored)} (the saved settings win at run time; change them "
+          f"with `tfx pipeline update` or by editing the settings file)",) if s.ignored else ())
 
 
 # --------------------------------------------------------------------------------- raw root checks

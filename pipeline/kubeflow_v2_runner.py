@@ -42,7 +42,7 @@ def compile_pipeline(settings: Optional[configs.PipelineSettings] = None,
     from pipeline.local_runner import creating_pipeline
 
     creating = settings is None and creating_pipeline()
-    settings = settings or configs.PipelineSettings.load(configs.settings_path(__file__))
+    settings = settings or configs.PipelineSettings.load(configs.settings_path(__file__), saving=creating)
     if creating:   # `tfx pipeline create --engine vertex`: the settings persist as for the local runner
         settings.save(configs.settings_path(__file__))
     pipeline = create_pipeline(settings, schema_file=IMAGE_SCHEMA_FILE,

@@ -7,8 +7,9 @@
 Settings (:mod:`pipeline.configs`): ``tfx pipeline create`` (or ``update``) saves the ``CXR_TFP_*``
 values it is given to ``settings.json`` beside this file, on top of what that file already holds
 (a user may write or edit it before ``create``); every run reads that file, so ``tfx run create``
-needs no environment. A ``CXR_TFP_*`` variable set for one run overrides the file for that run
-only (the settings block at the start says so). Every run prints its settings, refuses in one line
+needs no environment. A ``CXR_TFP_*`` variable cannot move a saved value at run
+time (it is ignored and listed in the settings block); one for a setting the file does not hold
+applies to that run only. Every run prints its settings, refuses in one line
 when the raw folder is missing, empty or has no span folder, keeps TFX's log in
 ``<pipeline root>/logs/`` (one console line per component), and ends with the outcome summary
 (``python -m pipeline.report``), saved in the pipeline root.
@@ -47,7 +48,7 @@ def run(settings: "configs.PipelineSettings | None" = None, **create_kwargs) -> 
     from cxr_tfp.cli import UsageError
 
     creating = settings is None and creating_pipeline()
-    settings = settings or configs.PipelineSettings.load(SETTINGS_FILE)
+    settings = settings or configs.PipelineSettings.load(SETTINGS_FILE, saving=creating)
     problem = configs.check_raw_root(settings)
     if problem:
         raise UsageError(problem)

@@ -11,7 +11,7 @@ from pipeline.blessing_gate import GateOptions, judge
 
 
 # ------------------------------------------------------------------------------------ settings
-def test_settings_given_at_create_persist_and_the_run_environment_only_overrides_once(tmp_path):
+def test_settings_given_at_create_persist_whatever_the_run_environment_holds(tmp_path):
     path = str(tmp_path / "pipeline" / "settings.json")
     created = configs.PipelineSettings.load(path, environ={
         "CXR_TFP_RAW_ROOT": "rel/raw", "CXR_TFP_DATASET": "nih", "CXR_TFP_PIPELINE_NAME": "hospital",
@@ -30,9 +30,21 @@ def test_settings_given_at_create_persist_and_the_run_environment_only_overrides
     lines = configs.summary_lines(run)
     assert f"[settings file {path}]" in lines[0] and "hospital" in lines[0]
     assert lines[2].startswith(f"training config : {os.path.abspath('configs/x.yaml')} (as written)")
-    # one run's variable wins for that run only, and says so
-    once = configs.PipelineSettings.load(path, environ={"CXR_TFP_DATASET": "dicom"})
-    assert once.dataset == "dicom" and once.source("dataset") == "environment CXR_TFP_DATASET"
+    # a variable left in the run's shell does not move a saved setting: it is ignored, and said so
+    stale = configs.PipelineSettings.load(path, environ={"CXR_TFP_DATASET": "dicom",
+                                                         "CXR_TFP_RAW_ROOT": "/demo_out/raw",
+                                                         "CXR_TFP_PIPELINE_NAME": "hospital"})
+    assert (stale.dataset, stale.raw_root) == ("nih", os.path.abspath("rel/raw"))
+    assert stale.source("dataset") == f"settings file {path}"
+    assert sorted(stale.ignored) == ["CXR_TFP_DATASET", "CXR_TFP_RAW_ROOT"]  # the same value repeated is no news
+    assert any(line.startswith("ignored         : ") and "CXR_TFP_DATASET" in line and "CXR_TFP_RAW_ROOT" in line
+               for line in configs.summary_lines(stale))
+    # a setting the file does not hold may be set for one run, and is labelled so
+    once = configs.PipelineSettings.load(path, environ={"CXR_TFP_GATE_MIN_NEGATIVES": "3"})
+    assert once.gate_min_negatives == 3 and once.source("gate_min_negatives") == "environment CXR_TFP_GATE_MIN_NEGATIVES"
+    # `tfx pipeline update` (saving) replaces saved values with the environment's
+    updated = configs.PipelineSettings.load(path, environ={"CXR_TFP_DATASET": "dicom"}, saving=True)
+    assert updated.dataset == "dicom" and updated.source("dataset") == "environment CXR_TFP_DATASET"
     assert json.load(open(path))["dataset"] == "nih"
 
 
