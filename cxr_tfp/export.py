@@ -293,9 +293,10 @@ def main(argv=None) -> int:
         print("note: this CPU has no bfloat16 units; bfloat16 serving will be emulated (slower) here",
               file=sys.stderr)
     chosen, why = resolve_precision(a.precision)
-    print(f"serving precision: {chosen} ({why})", file=sys.stderr)
     print(export_saved_model(load_model(a.model), a.export_dir, a.num_samples, precision=a.precision,
                              jit_compile=a.jit_compile))
+    # said after the export succeeded: a refused export prints its one error line and nothing else
+    print(f"serving precision: {chosen} ({why})", file=sys.stderr)
     return 0
 
 
