@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import numpy as np
 
@@ -95,33 +95,13 @@ def subset(cache: Dict[str, np.ndarray], fraction: float, seed: int) -> Dict[str
     return {key: v[rows] for key, v in cache.items()}
 
 
-def t_interval(values: Sequence[float]):
-    """Mean and 95% t-interval half-width (library: :func:`cxr_tfp.metrics.t_interval`)."""
-    from cxr_tfp.metrics import t_interval as _t
-
-    return _t(values)
-
-
-def prepare_stage2(model, cfg):
-    """Set the model up once for stage 2 (library: :func:`cxr_tfp.train.prepare_cached_stage2`)."""
-    from cxr_tfp.train import prepare_cached_stage2
-
-    prepare_cached_stage2(model, cfg)
-
-
-def run_stage2(model, stage1_weights, cache, cfg, beta: float) -> None:
-    """Stage 2 from the stage-1 weights on cached features (:func:`cxr_tfp.train.train_stage2_cached`)."""
-    from cxr_tfp.train import train_stage2_cached
-
-    train_stage2_cached(model, stage1_weights, cache, cfg, beta)
-
-
 def sweep(args) -> Dict[str, object]:
     import tensorflow as tf
 
     from cxr_tfp.config import load_config
     from cxr_tfp.model import load_model
-    from cxr_tfp.train import auroc_report, cache_stage2_features, predict_split, train_model
+    from cxr_tfp.train import (auroc_report, cache_stage2_features, predict_split, prepare_cached_stage2,
+                               train_model, train_stage2_cached)
 
     tf.config.experimental.enable_op_determinism()
     work = args.work or tempfile.mkdtemp(prefix="gain_sweep_")
@@ -146,7 +126,7 @@ def sweep(args) -> Dict[str, object]:
             cfg2 = load_config(args.config, {**over, "stage2_epochs": args.stage2_epochs})
             model = load_model(os.path.join(out, "model.keras"))
             w1 = model.get_weights()
-            prepare_stage2(model, cfg2)
+            prepare_cached_stage2(model, cfg2)
             caches = {arm: canonical_cache(cache_stage2_features(model, cfg2, shards[arm])) for arm in ARMS}
             if not np.allclose(caches["informative"]["features"], caches["control"]["features"], atol=1e-4):
                 raise RuntimeError("the informative and control builds hold different images")
@@ -155,7 +135,7 @@ def sweep(args) -> Dict[str, object]:
                     for arm in ARMS:
                         sub = subset(caches[arm], fraction, seed)
                         t0 = time.perf_counter()
-                        run_stage2(model, w1, sub, cfg2, beta)
+                        train_stage2_cached(model, w1, sub, cfg2, beta)
                         probs, _, labels, mask = predict_split(model, cfg2, eval_dir)
                         s2 = auroc_report(cfg2.finding_names, probs, labels, mask)["macro_auroc"]
                         rows.append({"shortcut": shortcut, "seed": seed, "fraction": fraction, "beta": beta,
@@ -176,6 +156,8 @@ def sweep(args) -> Dict[str, object]:
 
 def summarise(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
     """Per (shortcut, fraction, beta): mean gain and 95% interval per arm, and the paired difference."""
+    from cxr_tfp.metrics import t_interval
+
     out = []
     keys = sorted({(r["shortcut"], r["fraction"], r["beta"]) for r in rows})
     for sc, fr, beta in keys:

@@ -76,7 +76,8 @@ def run(args) -> Dict[str, object]:
     from cxr_tfp.annotate import scoring
     from cxr_tfp.config import load_config
     from cxr_tfp.model import load_model
-    from cxr_tfp.train import auroc_report, cache_stage2_features, train_model
+    from cxr_tfp.train import (auroc_report, cache_stage2_features, prepare_cached_stage2, train_model,
+                               train_stage2_cached)
 
     tf.config.experimental.enable_op_determinism()
     work = args.work or tempfile.mkdtemp(prefix="request_bench_")
@@ -122,7 +123,7 @@ def run(args) -> Dict[str, object]:
                 raise RuntimeError(f"stage 1 from cached eval features {s1_cached:.4f} != trainer's {s1:.4f}")
             print(f"shortcut {shortcut:g} seed {seed}: stage 1 macro AUROC {s1:.4f} on {len(ev_probs)} eval "
                   f"images, {n} train images ({time.perf_counter() - t0:.0f}s)", flush=True)
-            sweep.prepare_stage2(model, cfg2)
+            prepare_cached_stage2(model, cfg2)
             for fraction in args.fractions:
                 k = min(n, max(2, int(round(fraction * n))))
                 for name in args.strategies:
@@ -131,7 +132,7 @@ def run(args) -> Dict[str, object]:
                         raise RuntimeError(f"{name} picked {len(set(picked.tolist()))} distinct images, not {k}")
                     sub = {key: v[np.sort(picked)] for key, v in train.items()}
                     t0 = time.perf_counter()
-                    sweep.run_stage2(model, w1, sub, cfg2, args.beta)
+                    train_stage2_cached(model, w1, sub, cfg2, args.beta)
                     probs = scoring.score_features(model, ev[F.X_FEATURES])["probabilities"]
                     s2 = auroc_report(cfg2.finding_names, probs, ev[F.Y_LABELS], ev[F.Y_MASK])["macro_auroc"]
                     rows.append({"shortcut": shortcut, "seed": seed, "fraction": fraction, "strategy": name,
@@ -154,13 +155,15 @@ def run(args) -> Dict[str, object]:
 
 def summarise(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
     """Per (setting, budget, strategy): mean gain (95% CI) and the paired difference from random."""
+    from cxr_tfp.metrics import t_interval
+
     out = []
     for sc, fr in sorted({(r["shortcut"], r["fraction"]) for r in rows}):
         rs = [r for r in rows if (r["shortcut"], r["fraction"]) == (sc, fr)]
         base = {r["seed"]: r["gain"] for r in rs if r["strategy"] == BASELINE}
         for name in dict.fromkeys(r["strategy"] for r in rs):
             g = {r["seed"]: r["gain"] for r in rs if r["strategy"] == name}
-            mean, half = sweep.t_interval(list(g.values()))
+            mean, half = t_interval(list(g.values()))
             e = {"shortcut": sc, "fraction": fr, "strategy": name, "n_annotated": rs[0]["n_annotated"],
                  "n_train": rs[0]["n_train"], "n_eval": rs[0]["n_eval"],
                  "gain": {"gain": mean, "ci_half": half, "seeds": len(g)},
@@ -169,7 +172,7 @@ def summarise(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
                  "positives_picked": float(np.mean([r["positives_picked"] for r in rs if r["strategy"] == name]))}
             if name != BASELINE:
                 seeds = sorted(set(g) & set(base))
-                d, dh = sweep.t_interval([g[s] - base[s] for s in seeds])
+                d, dh = t_interval([g[s] - base[s] for s in seeds])
                 e["vs_random"] = {"gain": d, "ci_half": dh, "seeds": len(seeds),
                                   "wins": int(sum(g[s] > base[s] for s in seeds))}
             out.append(e)

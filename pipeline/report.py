@@ -106,8 +106,8 @@ def format_outcome(o: Dict[str, Any]) -> str:
         lines.append("training  : no trained model in this run")
     g = o.get("gate")
     if g:
-        counted = ", ".join(f"{c['finding']} ({c['positives']}+/{c['negatives']}-)" for c in g["counted"])
-        left = ", ".join(f"{c['finding']} ({c['positives']}+/{c['negatives']}-)" for c in g["left_out"])
+        counted, left = (", ".join(f"{c['finding']} ({c['positives']}+/{c['negatives']}-)" for c in g[key])
+                         for key in ("counted", "left_out"))
         macro = ("not computed" if g.get("macro_auroc") is None else
                  f"macro AUROC {_auc(g['macro_auroc'])} (95% CI {_auc(g['ci_low'])}-{_auc(g['ci_high'])}, "
                  f"patient bootstrap)")
